@@ -1,0 +1,26 @@
+"""mmstore: save and recover thousands of related models losslessly, cheaply and verifiably."""
+
+from .arch import ArchSpec
+from .errors import (
+    ArchitectureError,
+    IntegrityError,
+    MMStoreError,
+    NotFoundError,
+    ReproductionError,
+)
+from .modelset import ModelSet
+from .settings import Settings
+from .store import SetInfo, Store
+
+__all__ = [
+    "Store",
+    "ModelSet",
+    "ArchSpec",
+    "Settings",
+    "SetInfo",
+    "MMStoreError",
+    "IntegrityError",
+    "NotFoundError",
+    "ArchitectureError",
+    "ReproductionError",
+]

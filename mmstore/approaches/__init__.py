@@ -1,0 +1,19 @@
+"""The approaches a store can save a set with, by name."""
+
+from __future__ import annotations
+
+from ..errors import MMStoreError
+from .base import Approach, Encoded, StoreAccess
+from .baseline import Baseline
+
+__all__ = ["Approach", "Encoded", "StoreAccess", "get_approach", "APPROACHES"]
+
+APPROACHES: dict[str, Approach] = {a.name: a for a in (Baseline(),)}
+
+
+def get_approach(name: str) -> Approach:
+    """The approach called `name`."""
+    try:
+        return APPROACHES[name]
+    except KeyError:
+        raise MMStoreError(f"unknown approach {name!r}; choose one of {sorted(APPROACHES)}") from None

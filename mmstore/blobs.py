@@ -1,0 +1,124 @@
+"""Content-addressed blobs: put/get by digest, every read verified; knows nothing about models."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from .backend import Backend
+from .digest import CHUNK_SIZE, chunk_digest_future, chunk_digests, chunk_ranges, root_digest
+from .errors import IntegrityError, NotFoundError
+
+__all__ = ["BlobRef", "BlobStore"]
+
+
+class BlobRef(BaseModel):
+    """A blob's identity: root digest, size, and (for multi-chunk blobs) each chunk's digest."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    size: int
+    chunks: tuple[str, ...] = ()
+
+
+def blob_key(blob_id: str) -> str:
+    """Where a blob lives below the store's root."""
+    return f"blobs/{blob_id[:2]}/{blob_id[2:]}"
+
+
+class BlobStore:
+    """Blobs on a backend, named by the Merkle root of their chunks."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def put(self, data: bytes | memoryview | np.ndarray) -> BlobRef:
+        """Store `data` (once: an existing blob with the same digest is reused) and return its ref."""
+        view = memoryview(data).cast("B") if not isinstance(data, np.ndarray) else memoryview(data.reshape(-1).view(np.uint8))
+        digests = chunk_digests(view)
+        ref = BlobRef(
+            id=root_digest(digests, len(view)),
+            size=len(view),
+            chunks=tuple(d.hex() for d in digests) if len(digests) > 1 else (),
+        )
+        self.backend.put(blob_key(ref.id), view, exclusive=True)
+        return ref
+
+    def get(self, ref: BlobRef) -> np.ndarray:
+        """The blob's bytes as a uint8 array, verified chunk by chunk while reading."""
+        out = np.empty(ref.size, dtype=np.uint8)
+        view = memoryview(out)
+        ranges = chunk_ranges(ref.size)
+        with self._open(ref) as f:
+            pending = []
+            for start, stop in ranges:
+                _read_exactly(f, view[start:stop], ref)
+                # Hash this chunk on the pool while the next one is read.
+                pending.append(chunk_digest_future(view[start:stop]))
+            if f.read(1):
+                raise IntegrityError(f"blob {ref.id} is longer than recorded; run `mmstore verify` and restore it")
+        self._check([p.result() for p in pending], list(range(len(ranges))), ref)
+        return out
+
+    def get_ranges(self, ref: BlobRef, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """Only the byte ranges asked for, reading and verifying just the chunks that hold them."""
+        chunk_ids = sorted({c for a, b in ranges for c in range(a // CHUNK_SIZE, max(a, b - 1) // CHUNK_SIZE + 1)})
+        all_ranges = chunk_ranges(ref.size)
+        buffers = {}
+        with self._open(ref) as f:
+            for c in chunk_ids:
+                start, stop = all_ranges[c]
+                buffers[c] = np.empty(stop - start, dtype=np.uint8)
+                f.seek(start)
+                _read_exactly(f, memoryview(buffers[c]), ref)
+        self._check([chunk_digests(buffers[c])[0] for c in chunk_ids], chunk_ids, ref)
+        return [_slice(buffers, a, b) for a, b in ranges]
+
+    def exists(self, blob_id: str) -> bool:
+        """Whether the blob is present (not verified)."""
+        return self.backend.exists(blob_key(blob_id))
+
+    def stored_size(self, blob_id: str) -> int:
+        """Bytes the blob occupies in the backend."""
+        return self.backend.size(blob_key(blob_id))
+
+    def _open(self, ref: BlobRef):
+        try:
+            return self.backend.open(blob_key(ref.id))
+        except NotFoundError:
+            raise NotFoundError(
+                f"blob {ref.id} is missing from {self.backend.url}; the store is damaged: restore it from a backup"
+            ) from None
+
+    @staticmethod
+    def _check(digests: list[bytes], chunk_ids: list[int], ref: BlobRef) -> None:
+        expected = ref.chunks or (None,)
+        for c, d in zip(chunk_ids, digests):
+            ok = (d.hex() == expected[c]) if ref.chunks else (root_digest([d], ref.size) == ref.id)
+            if not ok:
+                raise IntegrityError(
+                    f"blob {ref.id} is corrupt (chunk {c} does not match its digest); "
+                    "restore the store from a backup or re-save the set"
+                )
+        if ref.chunks and root_digest([bytes.fromhex(c) for c in ref.chunks], ref.size) != ref.id:
+            raise IntegrityError(f"the chunk list recorded for blob {ref.id} does not match its id; the manifest was altered")
+
+
+def _read_exactly(f, view: memoryview, ref: BlobRef) -> None:
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done:])
+        if not n:
+            raise IntegrityError(f"blob {ref.id} is truncated; restore the store from a backup or re-save the set")
+        done += n
+
+
+def _slice(buffers: dict[int, np.ndarray], start: int, stop: int) -> np.ndarray:
+    parts = []
+    for c in range(start // CHUNK_SIZE, max(start, stop - 1) // CHUNK_SIZE + 1):
+        base = c * CHUNK_SIZE
+        parts.append(buffers[c][max(start - base, 0) : min(stop - base, len(buffers[c]))])
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)

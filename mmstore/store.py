@@ -1,0 +1,215 @@
+"""Store: save, recover, verify and inspect model sets on any backend."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, JsonValue
+
+from .approaches import get_approach
+from .backend import Backend, open_backend
+from .blobs import BlobRef, BlobStore
+from .errors import ArchitectureError, ConflictError, IntegrityError, MMStoreError, NotFoundError
+from .manifest import ArchDocument, Manifest, canonical_json
+from .modelset import ModelSet
+from .settings import Settings
+
+__all__ = ["Store", "SetInfo"]
+
+_LINEAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class SetInfo(BaseModel):
+    """A one-line summary of a stored set."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    approach: str
+    n_models: int
+    base: str | None
+    lineage: str | None
+    created: str
+    meta: dict[str, JsonValue]
+
+
+class Store:
+    """Model sets on one backend: a local directory, s3://bucket/prefix or memory://name."""
+
+    def __init__(self, backend: Backend, settings: Settings | None = None, clock: Callable[[], str] = _utc_now):
+        self.backend = backend
+        self.settings = settings or Settings()
+        self.blobs = BlobStore(backend)
+        self._clock = clock
+        self._manifests: dict[str, Manifest] = {}
+
+    @classmethod
+    def open(cls, url: str, settings: Settings | None = None, **storage_options: Any) -> "Store":
+        """Open (creating if needed) the store at `url`; storage options go to fsspec."""
+        settings = settings or Settings()
+        return cls(open_backend(str(url), settings.durable, **storage_options), settings)
+
+    @property
+    def url(self) -> str:
+        """Where the store lives."""
+        return self.backend.url
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def save(
+        self,
+        model_set: ModelSet,
+        approach: str = "baseline",
+        base: str | None = None,
+        lineage: str | None = None,
+        meta: dict[str, JsonValue] | None = None,
+    ) -> str:
+        """Store `model_set` and return its id; with `lineage`, move that name to the new set.
+
+        With a lineage and no base, the set derives from the lineage's newest set. Blobs are written
+        first and the manifest last: the manifest write is the commit.
+        """
+        head = self._lineage_head(lineage)
+        base_id = self.resolve(base) if base else head
+        base_manifest = self.manifest(base_id) if base_id else None
+        arch_ref = self._put_arch(model_set)
+        if base_manifest is not None and base_manifest.arch.id != arch_ref.id:
+            raise ArchitectureError(
+                f"the set has another architecture or layout than its base {base_id[:12]}; "
+                "start a new lineage for a new architecture"
+            )
+        encoded = get_approach(approach).save(model_set, base_manifest, self)
+        manifest = Manifest(
+            approach=approach,
+            arch=arch_ref, n_models=len(model_set), base=base_id, lineage=lineage,
+            created=self._clock(), meta=meta or {}, blobs=encoded.blobs, extra=encoded.extra,
+        )
+        set_id, data = manifest.encode()
+        self.backend.put(f"sets/{set_id}.json", data, exclusive=True)
+        self._manifests[set_id] = manifest
+        if lineage:
+            self._move_lineage(lineage, head, set_id)
+        return set_id
+
+    def _put_arch(self, model_set: ModelSet) -> BlobRef:
+        return self.blobs.put(canonical_json(ArchDocument(arch=model_set.arch, layout=model_set.layout)))
+
+    def _lineage_head(self, lineage: str | None) -> str | None:
+        if lineage is None:
+            return None
+        if not _LINEAGE.match(lineage):
+            raise MMStoreError(f"lineage name {lineage!r} is invalid; use letters, digits, '.', '_' and '-'")
+        key = f"refs/{lineage}"
+        return self.backend.get(key).decode() if self.backend.exists(key) else None
+
+    def _move_lineage(self, lineage: str, head: str | None, set_id: str) -> None:
+        try:
+            self.backend.swap(f"refs/{lineage}", head.encode() if head else None, set_id.encode())
+        except ConflictError as exc:
+            raise ConflictError(
+                f"set {set_id} was saved, but lineage {lineage!r} was moved by another writer meanwhile; "
+                f"inspect `mmstore log {lineage}` and save again on top of its new head"
+            ) from exc
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> str:
+        """The full set id for a full id, a unique id prefix, or a lineage name."""
+        if _LINEAGE.match(ref) and self.backend.exists(f"refs/{ref}"):
+            return self.backend.get(f"refs/{ref}").decode()
+        matches = [name[:-5] for name in self.backend.list("sets") if name.startswith(ref) and name.endswith(".json")]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise NotFoundError(f"no set or lineage {ref!r} in {self.url}; list them with `mmstore ls`")
+        raise NotFoundError(f"{ref!r} is ambiguous ({len(matches)} sets start with it); give more characters")
+
+    def manifest(self, set_id: str) -> Manifest:
+        """The verified manifest of a set."""
+        if set_id not in self._manifests:
+            data = self.backend.get(f"sets/{set_id}.json")
+            self._manifests[set_id] = Manifest.decode(set_id, data)
+        return self._manifests[set_id]
+
+    def arch_document(self, manifest: Manifest) -> ArchDocument:
+        """The verified architecture and layout a manifest names."""
+        data = self.blobs.get(manifest.arch).tobytes()
+        try:
+            return ArchDocument.model_validate_json(data)
+        except ValueError as exc:
+            raise IntegrityError(f"architecture document {manifest.arch.id} is not valid: {exc}") from exc
+
+    def recover_rows(self, set_id: str, models: Sequence[int] | None = None) -> np.ndarray:
+        """The (n, row) bytes of a set, or only of the given model indices."""
+        manifest = self.manifest(set_id)
+        picked = None if models is None else _check_indices(models, manifest.n_models)
+        return get_approach(manifest.approach).recover(manifest, self, picked)
+
+    def recover(self, set_id: str, models: Sequence[int] | None = None) -> ModelSet:
+        """The stored set (or only the models at `models`, in that order), verified on the way."""
+        set_id = self.resolve(set_id)
+        manifest = self.manifest(set_id)
+        doc = self.arch_document(manifest)
+        rows = self.recover_rows(set_id, models)
+        return ModelSet(doc.arch, doc.layout, rows, trusted=self.settings.allowed_prefixes())
+
+    def verify(self, set_id: str | None = None) -> list[str]:
+        """Read and check every byte of one set (or of all sets); returns the ids checked."""
+        ids = [self.resolve(set_id)] if set_id else [info.id for info in self.list()]
+        for sid in ids:
+            manifest = self.manifest(sid)
+            self.arch_document(manifest)
+            self.recover_rows(sid)
+        return ids
+
+    def list(self) -> list[SetInfo]:
+        """Every set in the store, oldest first."""
+        infos = [self.info(name[:-5]) for name in self.backend.list("sets") if name.endswith(".json")]
+        return sorted(infos, key=lambda info: (info.created, info.id))
+
+    def info(self, set_id: str) -> SetInfo:
+        """The summary of one set."""
+        m = self.manifest(set_id)
+        return SetInfo(
+            id=set_id, approach=m.approach, n_models=m.n_models, base=m.base,
+            lineage=m.lineage, created=m.created, meta=m.meta,
+        )
+
+    def lineages(self) -> dict[str, str]:
+        """Every lineage name and the set it points at."""
+        return {name: self.backend.get(f"refs/{name}").decode() for name in self.backend.list("refs") if not name.endswith(".lock")}
+
+    def log(self, set_id: str) -> list[SetInfo]:
+        """The set and its bases, newest first, down to the root."""
+        chain, current = [], self.resolve(set_id)
+        while current:
+            chain.append(self.info(current))
+            current = chain[-1].base
+        return chain
+
+    def size(self, set_id: str) -> int:
+        """Bytes this set adds to the store: its manifest plus blobs no set in its chain holds already."""
+        chain = self.log(set_id)
+        older = {ref.id for info in chain[1:] for ref in self._refs(self.manifest(info.id))}
+        own = {ref.id for ref in self._refs(self.manifest(chain[0].id))} - older
+        manifest_bytes = self.backend.size(f"sets/{chain[0].id}.json")
+        return manifest_bytes + sum(self.blobs.stored_size(blob_id) for blob_id in own)
+
+    @staticmethod
+    def _refs(manifest: Manifest) -> list[BlobRef]:
+        return [manifest.arch, *manifest.blobs.values()]
+
+
+def _check_indices(models: Sequence[int], n: int) -> np.ndarray:
+    picked = np.asarray(models, dtype=np.int64).reshape(-1)
+    if picked.size and (picked.min() < -n or picked.max() >= n):
+        raise NotFoundError(f"model indices must lie in [0, {n}); got {models!r}")
+    return np.where(picked < 0, picked + n, picked)
