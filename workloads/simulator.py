@@ -32,6 +32,7 @@ DT = 1.0
 SAMPLES = 1200
 FEATURES = ("current", "current_fast", "current_slow", "temperature", "charge")
 DRIVE_KINDS = ("urban", "highway", "mixed")
+_URBAN_SHARE = np.array([0.85, 0.15, 0.5])
 _KNOT_SPACING = 10
 _REST_KNOTS = 8
 _OCV_SOC = np.array([0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
@@ -59,6 +60,7 @@ class CellParams:
     heat_capacity: np.ndarray
     cooling: np.ndarray
     r0_temp_coeff: np.ndarray
+    ambient: np.ndarray
 
 
 def _rng(fleet_seed: int, cell: int, cycle: int, stream: int) -> np.random.Generator:
@@ -72,8 +74,8 @@ def _span(u: np.ndarray, low: float, high: float) -> np.ndarray:
 
 def cell_params(fleet_seed: int, cells: np.ndarray, cycle: int) -> CellParams:
     """Parameters of `cells` at update cycle `cycle`: manufacturing spread plus linear ageing."""
-    u = np.stack([_rng(fleet_seed, int(c), 0, _CELL_STREAM).random(10) for c in cells])
-    soh = np.clip(_span(u[:, 0], 0.97, 1.0) - _span(u[:, 1], 0.005, 0.03) * cycle, 0.6, 1.0)
+    u = np.stack([_rng(fleet_seed, int(c), 0, _CELL_STREAM).random(11) for c in cells])
+    soh = np.clip(_span(u[:, 0], 0.97, 1.0) - _span(u[:, 1], 0.002, 0.015) * cycle, 0.6, 1.0)
     growth = 1.0 + _span(u[:, 2], 1.5, 3.0) * (1.0 - soh)
     return CellParams(
         capacity_ah=_span(u[:, 3], 2.9, 3.1) * soh,
@@ -86,6 +88,7 @@ def cell_params(fleet_seed: int, cells: np.ndarray, cycle: int) -> CellParams:
         heat_capacity=np.full(len(cells), 45.0),
         cooling=_span(u[:, 9], 0.12, 0.18),
         r0_temp_coeff=np.full(len(cells), 0.01),
+        ambient=_span(u[:, 10], 20.0, 30.0),
     )
 
 
@@ -105,9 +108,9 @@ def drive_current(kind: np.ndarray, knot_u: np.ndarray, jitter: np.ndarray) -> n
     n, knots, _ = knot_u.shape
     u0, u1 = knot_u[..., 0], knot_u[..., 1]
     urban = np.where(u0 < 0.35, 0.0, np.where(u0 < 0.5, -2.0 * u1, _span(u1, 0.5, 4.0)))
-    highway = np.where(u0 < 0.05, _span(u1, -1.5, 1.0), _span(u1, 3.0, 6.0) + knot_u[..., 2] - 0.5)
-    first_half = np.arange(knots)[None, :] < knots // 2
-    is_urban = (kind[:, None] == 0) | ((kind[:, None] == 2) & first_half)
+    highway = np.where(u0 < 0.05, _span(u1, -1.5, 1.0), _span(u1, 3.0, 6.0))
+    # Every drive mixes stretches of both regimes, in a proportion set by its kind.
+    is_urban = knot_u[..., 2] < _URBAN_SHARE[kind][:, None]
     level = np.where(is_urban, urban, highway)
     level[:, 0] = 0.0
     level[:, -_REST_KNOTS:] = 0.0  # a rest at the end shows the relaxation of the RC pairs
@@ -186,7 +189,7 @@ def simulate_cycle(
     params = cell_params(fleet_seed, cells, cycle)
     uniforms, normals = cycle_inputs(fleet_seed, cells, cycle, samples, variant)
     kind = np.minimum((uniforms[:, 0] * len(DRIVE_KINDS)).astype(np.int64), len(DRIVE_KINDS) - 1)
-    soc0, ambient = _span(uniforms[:, 1], 0.9, 1.0), _span(uniforms[:, 2], 15.0, 35.0)
+    soc0, ambient = _span(uniforms[:, 1], 0.9, 1.0), params.ambient + _span(uniforms[:, 2], -3.0, 3.0)
     current = drive_current(kind, uniforms[:, 3:].reshape(len(cells), -1, 3), normals[:, 3])
     true = simulate(current, params, soc0, ambient)
     x, y = measure(true, current, normals)
