@@ -35,6 +35,11 @@ class Fleet:
         data = self.cycle_data(cycle, np.array([cell]), variant)
         return {"x": data["x"][0], "y": data["y"][0]}
 
+    def datasets(self, cycle: int, cells: np.ndarray, variant: int = 0) -> dict[int, dict[str, np.ndarray]]:
+        """The training arrays {x, y} of several cells' cycle, simulated in one vectorised pass."""
+        data = self.cycle_data(cycle, cells, variant)
+        return {int(c): {"x": data["x"][i], "y": data["y"][i]} for i, c in enumerate(cells)}
+
     def initial_models(self) -> list[nn.Module]:
         """The fleet's models of use case U1."""
         return initial_fleet(self.n_cells, self.seed, self.arch, self.samples)
