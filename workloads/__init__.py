@@ -1,11 +1,19 @@
-"""The battery-cell fleet workload: ECM simulator, FFNN-48/FFNN-69/CIFAR-conv models, deterministic training."""
+"""The battery-cell fleet workload: ECM simulator, FFNN-48/69 and CIFAR-conv models, seeded training."""
 
 from workloads.batched import batched_forward, stack_params, unstack_params
 from workloads.datasets import DatasetError, DatasetRef, read_dataset, write_dataset, write_datasets
 from workloads.drift import model_errors, select_updates
 from workloads.fleet import Fleet, initial_fleet, initial_fleet_params
 from workloads.images import image_dataset, synthetic_images
-from workloads.models import FFNN, FFNN48, FFNN69, CifarConv, last_layer_prefixes, parameter_count, seeded_model
+from workloads.models import (
+    FFNN,
+    FFNN48,
+    FFNN69,
+    CifarConv,
+    last_layer_prefixes,
+    parameter_count,
+    seeded_model,
+)
 from workloads.simulator import simulate_cycle
 from workloads.training import TrainRecipe, evaluate, train, train_stacked
 

@@ -90,7 +90,9 @@ def write_dataset(root: str, cycle: int, cell: int, arrays: Mapping[str, np.ndar
     return write_datasets(root, cycle, {cell: arrays})[cell]
 
 
-def write_datasets(root: str, cycle: int, per_cell: Mapping[int, Mapping[str, np.ndarray]]) -> dict[int, DatasetRef]:
+def write_datasets(
+    root: str, cycle: int, per_cell: Mapping[int, Mapping[str, np.ndarray]]
+) -> dict[int, DatasetRef]:
     """Write many cells' data in one `pipe` call (one batch of requests on object stores)."""
     encoded = {cell: (dataset_uri(root, cycle, cell), encode_arrays(a)) for cell, a in per_cell.items()}
     fs, _ = fsspec.core.url_to_fs(root)
@@ -106,7 +108,8 @@ def read_dataset(ref: DatasetRef) -> dict[str, np.ndarray]:
     try:
         data = fs.cat_file(path)
     except FileNotFoundError as exc:
-        raise DatasetMissingError(f"dataset file {ref.uri} does not exist; re-create it or restore it") from exc
+        message = f"dataset file {ref.uri} does not exist; re-create it or restore it"
+        raise DatasetMissingError(message) from exc
     actual = digest_bytes(data)
     if actual != ref.digest:
         raise DatasetDigestError(

@@ -59,7 +59,8 @@ def initial_fleet_params(
     x, y = data["x"][:, ::_SUBSAMPLE], data["y"][:, ::_SUBSAMPLE]
     stacked = {k: v.detach().expand(n, *v.shape).clone() for k, v in reference.named_parameters()}
     # A short, gentle pass on each cell's own data makes every tensor cell-specific ...
-    stacked = train_stacked(arch, stacked, x, y, TrainRecipe(epochs=1, batch_size=60, learning_rate=2e-4, seed=seed))
+    gentle = TrainRecipe(epochs=1, batch_size=60, learning_rate=2e-4, seed=seed)
+    stacked = train_stacked(arch, stacked, x, y, gentle)
     # ... and a closed-form ridge fit of the output layer then matches each cell closely.
     return _fit_output_layer(arch, stacked, x, y)
 

@@ -37,5 +37,5 @@ def synthetic_images(count: int, seed: int, shift: float = 0.0) -> dict[str, np.
 
 def image_dataset(seed: int, model: int, version: int, count: int = 256) -> dict[str, np.ndarray]:
     """The images model `model` trains on at `version`: each version drifts a little further."""
-    return synthetic_images(count, int(np.random.SeedSequence([seed, model, version]).generate_state(1)[0]),
-                            shift=0.05 * version)
+    data_seed = int(np.random.SeedSequence([seed, model, version]).generate_state(1)[0])
+    return synthetic_images(count, data_seed, shift=0.05 * version)

@@ -27,8 +27,8 @@ class FFNN(nn.Module):
 
     objective = "regression"
     in_features = 5
-    # The last two linear layers: what a partial (on-device) update retrains.
-    last_layers: tuple[str, ...] = ("net.4.", "net.6.")
+    # The output layer: what a partial (on-device) update retrains, as in the paper's U3.
+    last_layers: tuple[str, ...] = ("net.6.",)
 
     def __init__(self, width: int) -> None:
         super().__init__()
@@ -65,7 +65,7 @@ class CifarConv(nn.Module):
     """Three 3x3 convolutions, global pooling and a linear head over 32x32x3 images: 6,882 parameters."""
 
     objective = "classification"
-    last_layers: tuple[str, ...] = ("net.6.", "net.10.")
+    last_layers: tuple[str, ...] = ("net.10.",)
 
     def __init__(self) -> None:
         super().__init__()

@@ -15,6 +15,7 @@ import numpy as np
 __all__ = [
     "DT",
     "SAMPLES",
+    "DRIVE_KINDS",
     "FEATURES",
     "CellParams",
     "cell_params",
@@ -92,7 +93,9 @@ def cell_params(fleet_seed: int, cells: np.ndarray, cycle: int) -> CellParams:
     )
 
 
-def cycle_inputs(fleet_seed: int, cells: np.ndarray, cycle: int, samples: int, variant: int = 0):
+def cycle_inputs(
+    fleet_seed: int, cells: np.ndarray, cycle: int, samples: int, variant: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-cell random draws of one cycle: (uniforms (n, 3 + 3K), normals (n, 4, samples))."""
     knots = samples // _KNOT_SPACING + 1
     uniforms, normals = [], []

@@ -1,6 +1,7 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from workloads.datasets import encode_arrays
 from workloads.training import train_stacked
 
 SAMPLES = 400
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +37,10 @@ def test_training_is_byte_identical_twice_and_in_a_fresh_process(fleet):
         torch.manual_seed(999)  # global RNG state must not matter
         data = Fleet(seed=11, n_cells=8, samples={SAMPLES}).dataset_for(3, 1)
         model = train(seeded_model(FFNN48, 0), data, TrainRecipe(epochs=2, seed=5))
-        sys.stdout.buffer.write(encode_arrays(data) + b"".join(p.detach().numpy().tobytes() for p in model.parameters()))
+        weights = b"".join(p.detach().numpy().tobytes() for p in model.parameters())
+        sys.stdout.buffer.write(encode_arrays(data) + weights)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True, cwd=ROOT).stdout
     assert out == encode_arrays(data) + _bytes(first)
 
 
@@ -66,7 +69,8 @@ def test_update_after_ageing_lowers_validation_error():
     fleet = Fleet(seed=7, n_cells=16)
     pooled = fleet.cycle_data(0, np.arange(16))
     recipe = TrainRecipe(epochs=4, batch_size=256)
-    reference = train(seeded_model(FFNN48, 0), {"x": pooled["x"].reshape(-1, 5), "y": pooled["y"].reshape(-1, 1)}, recipe)
+    flat = {"x": pooled["x"].reshape(-1, 5), "y": pooled["y"].reshape(-1, 1)}
+    reference = train(seeded_model(FFNN48, 0), flat, recipe)
     model = train(reference, fleet.dataset_for(5, 0), TrainRecipe())
     aged_validation = fleet.dataset_for(5, 10, variant=1)
     before = evaluate(model, aged_validation)
@@ -77,7 +81,8 @@ def test_update_after_ageing_lowers_validation_error():
 
 def test_stacked_training_is_deterministic_and_moves_parameters(fleet):
     data = fleet.cycle_data(0, np.arange(4))
-    stacked = {k: v.detach().expand(4, *v.shape).clone() for k, v in seeded_model(FFNN48, 0).named_parameters()}
+    start = seeded_model(FFNN48, 0).named_parameters()
+    stacked = {k: v.detach().expand(4, *v.shape).clone() for k, v in start}
     recipe = TrainRecipe(epochs=1, batch_size=100)
     a, b = (train_stacked(FFNN48, stacked, data["x"], data["y"], recipe) for _ in range(2))
     assert all(torch.equal(a[k], b[k]) for k in a)
