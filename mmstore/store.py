@@ -71,11 +71,13 @@ class Store:
         base: str | None = None,
         lineage: str | None = None,
         meta: dict[str, JsonValue] | None = None,
+        **options: Any,
     ) -> str:
         """Store `model_set` and return its id; with `lineage`, move that name to the new set.
 
         With a lineage and no base, the set derives from the lineage's newest set. Blobs are written
-        first and the manifest last: the manifest write is the commit.
+        first and the manifest last: the manifest write is the commit. `options` go to the approach
+        (the provenance approach takes `provenance=`).
         """
         head = self._lineage_head(lineage)
         base_id = self.resolve(base) if base else head
@@ -86,7 +88,7 @@ class Store:
                 f"the set has another architecture or layout than its base {base_id[:12]}; "
                 "start a new lineage for a new architecture"
             )
-        encoded = get_approach(approach).save(model_set, base_manifest, self)
+        encoded = get_approach(approach).save(model_set, base_manifest, self, **options)
         manifest = Manifest(
             approach=approach,
             arch=arch_ref, n_models=len(model_set), base=base_id, lineage=lineage,
@@ -147,18 +149,21 @@ class Store:
         except ValueError as exc:
             raise IntegrityError(f"architecture document {manifest.arch.id} is not valid: {exc}") from exc
 
-    def recover_rows(self, set_id: str, models: Sequence[int] | None = None) -> np.ndarray:
+    def recover_rows(self, set_id: str, models: Sequence[int] | None = None, **options: Any) -> np.ndarray:
         """The (n, row) bytes of a set, or only of the given model indices."""
         manifest = self.manifest(set_id)
         picked = None if models is None else _check_indices(models, manifest.n_models)
-        return get_approach(manifest.approach).recover(manifest, self, picked)
+        return get_approach(manifest.approach).recover(manifest, self, picked, **options)
 
-    def recover(self, set_id: str, models: Sequence[int] | None = None) -> ModelSet:
-        """The stored set (or only the models at `models`, in that order), verified on the way."""
+    def recover(self, set_id: str, models: Sequence[int] | None = None, **options: Any) -> ModelSet:
+        """The stored set (or only the models at `models`, in that order), verified on the way.
+
+        `options` go to the approach (the provenance approach takes `executor=`).
+        """
         set_id = self.resolve(set_id)
         manifest = self.manifest(set_id)
         doc = self.arch_document(manifest)
-        rows = self.recover_rows(set_id, models)
+        rows = self.recover_rows(set_id, models, **options)
         return ModelSet(doc.arch, doc.layout, rows, trusted=self.settings.allowed_prefixes())
 
     def verify(self, set_id: str | None = None) -> list[str]:

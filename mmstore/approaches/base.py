@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from pydantic import JsonValue
@@ -34,7 +34,7 @@ class StoreAccess(Protocol):
     def manifest(self, set_id: str) -> Manifest:
         """The verified manifest of a set."""
 
-    def recover_rows(self, set_id: str, models: Sequence[int] | None = None) -> np.ndarray:
+    def recover_rows(self, set_id: str, models: Sequence[int] | None = None, **options: Any) -> np.ndarray:
         """The (n, row) bytes of a stored set, or of the given model indices."""
 
 
@@ -43,8 +43,8 @@ class Approach(Protocol):
 
     name: ClassVar[str]
 
-    def save(self, model_set: ModelSet, base: Manifest | None, store: StoreAccess) -> Encoded:
+    def save(self, model_set: ModelSet, base: Manifest | None, store: StoreAccess, **options: Any) -> Encoded:
         """Write what is needed to recover `model_set` (given its base, if any)."""
 
-    def recover(self, manifest: Manifest, store: StoreAccess, models: np.ndarray | None) -> np.ndarray:
+    def recover(self, manifest: Manifest, store: StoreAccess, models: np.ndarray | None, **options: Any) -> np.ndarray:
         """The (n, row) bytes of the set, or only of the rows in `models`."""

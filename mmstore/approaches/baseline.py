@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -33,11 +33,11 @@ class Baseline:
 
     name: ClassVar[str] = "baseline"
 
-    def save(self, model_set: ModelSet, base: Manifest | None, store: StoreAccess) -> Encoded:
+    def save(self, model_set: ModelSet, base: Manifest | None, store: StoreAccess, **options: Any) -> Encoded:
         """Write the whole set."""
         return write_snapshot(model_set, store)
 
-    def recover(self, manifest: Manifest, store: StoreAccess, models: np.ndarray | None) -> np.ndarray:
+    def recover(self, manifest: Manifest, store: StoreAccess, models: np.ndarray | None, **options: Any) -> np.ndarray:
         """Read the whole set or the requested rows."""
         return read_snapshot(manifest, store, models)
 
