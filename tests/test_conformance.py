@@ -1,42 +1,27 @@
-"""One suite every approach and every backend must pass: bit-exact, verified, chain-aware."""
+"""One suite every approach and every backend must pass: bit-exact, verified, chain-aware.
+
+An approach joins by adding its scenario to `tests/scenarios.py`.
+"""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from mmstore import IntegrityError, ModelSet, NotFoundError, Store
 from mmstore.blobs import blob_key
 
-from .factories import adversarial_set, bits_equal
+from .factories import bits_equal
+from .scenarios import SCENARIOS
 
 
-def _derive(model_set: ModelSet, seed: int) -> ModelSet:
-    """A new version: a tenth of the models get new bytes in one tensor, one model changes fully."""
-    rng = np.random.default_rng(seed)
-    data = model_set.data.copy()
-    spec = model_set.layout.tensors[0]
-    changed = rng.choice(len(model_set), size=max(1, len(model_set) // 10), replace=False)
-    data[changed, spec.offset : spec.offset + spec.nbytes] = rng.integers(0, 256, (len(changed), spec.nbytes), dtype=np.uint8)
-    data[changed[0]] = adversarial_set(1, seed).data[0]
-    return ModelSet(model_set.arch, model_set.layout, data)
+@pytest.fixture(params=sorted(SCENARIOS))
+def approach(request):
+    return request.param
 
 
 def save_chain(store: Store, approach: str, n: int = 24, versions: int = 3, seed: int = 7):
-    """Save `versions` sets, each derived from the previous; returns ids and the expected sets."""
-    sets = [adversarial_set(n, seed)]
-    for v in range(1, versions):
-        sets.append(_derive(sets[-1], seed + v))
-    ids = [store.save(ms, approach=approach, lineage="fleet") for ms in sets]
-    return ids, sets
-
-
-APPROACHES = ["baseline"]
-
-
-@pytest.fixture(params=APPROACHES)
-def approach(request):
-    return request.param
+    """Save `versions` sets of `approach`'s scenario; returns ids and the expected sets."""
+    return SCENARIOS[approach](store, n, versions, seed)
 
 
 def test_round_trip_is_bit_exact(store, approach):
