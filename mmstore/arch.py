@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 from .digest import digest_bytes
 from .errors import ArchitectureError, UntrustedModuleError
 
-__all__ = ["ArchSpec", "ArchitectureChangedWarning", "is_trusted", "build_module"]
+__all__ = ["ArchSpec", "ArchitectureChangedWarning", "is_trusted", "source_digest", "import_trusted", "build_module"]
 
 
 class ArchitectureChangedWarning(UserWarning):
@@ -39,7 +39,7 @@ class ArchSpec(BaseModel):
                 f"{qualname} in {module} cannot be imported by a later reader; define it at module "
                 "level of an importable package, or pass arch=ArchSpec(factory=...) explicitly"
             )
-        return cls(factory=f"{module}:{qualname}", kwargs=kwargs, source_digest=_source_digest(module))
+        return cls(factory=f"{module}:{qualname}", kwargs=kwargs, source_digest=source_digest(module))
 
     @property
     def module_name(self) -> str:
@@ -47,7 +47,8 @@ class ArchSpec(BaseModel):
         return self.factory.partition(":")[0]
 
 
-def _source_digest(module_name: str) -> str:
+def source_digest(module_name: str) -> str:
+    """The digest of an imported module's source file ("" when it has none)."""
     path = getattr(sys.modules.get(module_name), "__file__", None)
     if not path:
         return ""
@@ -60,13 +61,14 @@ def is_trusted(module_name: str, prefixes: tuple[str, ...]) -> bool:
     return any(module_name == p or module_name.startswith(p + ".") for p in prefixes)
 
 
-def _resolve(spec: ArchSpec, prefixes: tuple[str, ...] | None) -> Any:
-    module_name, _, qualname = spec.factory.partition(":")
+def import_trusted(path: str, prefixes: tuple[str, ...] | None, what: str = "architecture factory") -> Any:
+    """Import `"package.module:Name"` if its module lies under `prefixes` (`None` trusts everything)."""
+    module_name, _, qualname = path.partition(":")
     if not module_name or not qualname:
-        raise ArchitectureError(f"factory {spec.factory!r} is not of the form 'package.module:Callable'")
+        raise ArchitectureError(f"{what} {path!r} is not of the form 'package.module:Callable'")
     if prefixes is not None and not is_trusted(module_name, prefixes):
         raise UntrustedModuleError(
-            f"the architecture factory {spec.factory!r} is outside the trusted modules {list(prefixes)}; "
+            f"the {what} {path!r} is outside the trusted modules {list(prefixes)}; "
             f"it was not imported. If you trust it, add its package to MMSTORE_TRUSTED_MODULES"
         )
     try:
@@ -74,10 +76,15 @@ def _resolve(spec: ArchSpec, prefixes: tuple[str, ...] | None) -> Any:
         for part in qualname.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError) as exc:
-        raise ArchitectureError(f"cannot import factory {spec.factory!r}: {exc}; install the package that defines it") from exc
-    if spec.source_digest and _source_digest(module_name) != spec.source_digest:
+        raise ArchitectureError(f"cannot import {what} {path!r}: {exc}; install the package that defines it") from exc
+    return target
+
+
+def _resolve(spec: ArchSpec, prefixes: tuple[str, ...] | None) -> Any:
+    target = import_trusted(spec.factory, prefixes)
+    if spec.source_digest and source_digest(spec.module_name) != spec.source_digest:
         warnings.warn(
-            f"the source of {module_name} changed since the set was saved; the layout is checked, "
+            f"the source of {spec.module_name} changed since the set was saved; the layout is checked, "
             "but behaviour may differ",
             ArchitectureChangedWarning,
             stacklevel=3,

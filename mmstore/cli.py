@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from . import probe_cli
 from .errors import MMStoreError
 from .settings import Settings
 from .store import SetInfo, Store
@@ -120,6 +121,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     export = sub.choices["export"]
     export.add_argument("--out", required=True, help="directory to write the files into")
     export.add_argument("--models", help="comma-separated model indices (default: all)")
+    probe_cli.register(sub, common)
     return parser
 
 

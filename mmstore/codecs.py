@@ -11,9 +11,10 @@ import zstandard
 
 from .errors import IntegrityError
 
-__all__ = ["CODECS", "encode", "decode", "byte_group", "byte_ungroup"]
+__all__ = ["CODECS", "XOR_CODECS", "encode", "decode", "byte_group", "byte_ungroup"]
 
 CODECS = ("raw", "group-zstd", "xor-group-zstd")
+XOR_CODECS = ("xor-group-zstd",)
 _LEVEL = 3
 
 
@@ -35,13 +36,16 @@ def encode(data: np.ndarray, itemsize: int, codec: str, base: np.ndarray | None 
     """Encode uint8 `data` (a whole number of items); `base` (same shape) is needed by the XOR codec."""
     if codec == "raw":
         return data.tobytes()
-    if codec == "xor-group-zstd":
+    if codec in XOR_CODECS:
         data = np.bitwise_xor(data, base)
     return zstandard.ZstdCompressor(level=_LEVEL).compress(byte_group(data, itemsize).tobytes())
 
 
-def decode(blob: bytes | np.ndarray, size: int, itemsize: int, codec: str, base: np.ndarray | None = None) -> np.ndarray:
-    """Decode to `size` uint8 bytes; raises IntegrityError if the payload does not decode to that size."""
+def decode(blob: bytes | np.ndarray, size: int, itemsize: int, codec: str) -> np.ndarray:
+    """Decode to `size` uint8 bytes (for XOR codecs: still XORed with the base, see `XOR_CODECS`).
+
+    Raises IntegrityError if the payload does not decode to exactly that size.
+    """
     if codec == "raw":
         out = np.frombuffer(blob, dtype=np.uint8)
     else:
@@ -52,6 +56,4 @@ def decode(blob: bytes | np.ndarray, size: int, itemsize: int, codec: str, base:
         out = byte_ungroup(np.frombuffer(raw, dtype=np.uint8), itemsize)
     if out.size != size:
         raise IntegrityError(f"a payload decodes to {out.size} bytes instead of {size}; the store is damaged")
-    if codec == "xor-group-zstd":
-        out = np.bitwise_xor(out, base)
     return out

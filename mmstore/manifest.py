@@ -49,6 +49,11 @@ class Manifest(BaseModel):
     blobs: dict[str, BlobRef] = {}
     extra: dict[str, JsonValue] = {}
 
+    @property
+    def id(self) -> str:
+        """The set id: the digest of this manifest's canonical bytes."""
+        return self.encode()[0]
+
     def encode(self) -> tuple[str, bytes]:
         """The set id and the manifest's bytes."""
         data = canonical_json(self)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -15,7 +17,10 @@ from torch import nn
 from .digest import digest_bytes
 from .errors import MMStoreError
 
-__all__ = ["SCHEMA_VERSION", "ProbeError", "TensorStats", "ProbeEntry", "ProbeRecord", "Divergence", "ProbeDiff", "record", "compare"]
+__all__ = [
+    "SCHEMA_VERSION", "ROOT", "ProbeError", "TensorStats", "ProbeEntry", "ProbeRecord", "Divergence", "ProbeDiff",
+    "record", "compare", "state_digest",
+]
 
 SCHEMA_VERSION = 1
 ROOT = "(model)"
@@ -126,7 +131,8 @@ def _tensors(value: object) -> Iterator[torch.Tensor]:
 
 def state_digest(model: nn.Module) -> str:
     """One digest of every parameter and buffer of `model`, with their names, dtypes and shapes."""
-    parts = [[name, str(t.dtype), list(t.shape), digest_bytes(_raw_bytes(t))] for name, t in model.state_dict().items()]
+    state = model.state_dict()
+    parts = [[name, str(t.dtype), list(t.shape), digest_bytes(_raw_bytes(t))] for name, t in state.items()]
     return digest_bytes(json.dumps(parts).encode())
 
 
@@ -151,12 +157,12 @@ class _Recorder:
 
 
 def _probed_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    leaves = [(name, m) for name, m in model.named_modules() if name and not any(True for _ in m.children())]
+    leaves = [(name, m) for name, m in model.named_modules() if name and next(m.children(), None) is None]
     return [(ROOT, model), *leaves]
 
 
 def _sum_of_squares(output: torch.Tensor) -> torch.Tensor:
-    return sum((t.float() ** 2).sum() for t in _tensors(output))
+    return sum(((t**2).sum() for t in _tensors(output) if t.is_floating_point()), torch.zeros(()))
 
 
 def record(
@@ -175,11 +181,7 @@ def record(
     recorder = _Recorder()
     handles = [h for name, module in _probed_modules(model) for h in recorder.hook(name, module)]
     try:
-        torch.manual_seed(seed)
-        model.zero_grad(set_to_none=True)
-        value = (loss or _sum_of_squares)(model(inputs))
-        if value.requires_grad:
-            value.backward()
+        _run(model, inputs, seed, loss or _sum_of_squares)
     finally:
         for handle in handles:
             handle.remove()
@@ -188,6 +190,25 @@ def record(
         seed=seed, input_digest=input_digest, params_digest=params_digest, training=model.training,
         torch_version=torch.__version__, meta=meta or {}, entries=tuple(recorder.entries),
     )
+
+
+def _run(model: nn.Module, inputs: torch.Tensor, seed: int, loss: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    torch.manual_seed(seed)
+    model.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():
+        # Inputs rarely require grad, so the first layer's hook sees grad_output only: that is all we record.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        try:
+            value = loss(model(inputs))
+            if value.requires_grad:
+                value.backward()
+        except RuntimeError as exc:
+            if "inplace" not in str(exc):
+                raise
+            raise ProbeError(
+                "the model modifies a layer's output in place, which backward hooks cannot observe; "
+                "build it with inplace=False (e.g. nn.ReLU(inplace=False)) to probe it"
+            ) from exc
 
 
 def _record_param_grads(model: nn.Module, recorder: _Recorder) -> None:
@@ -205,7 +226,7 @@ class Divergence(BaseModel):
     index: int
     name: str
     module_type: str
-    phase: Phase | None
+    phase: Phase
     reason: str
     stat_delta: float | None
 
@@ -227,38 +248,41 @@ class ProbeDiff(BaseModel):
 
     def summary(self) -> str:
         """A readable report: differing inputs, the first divergent layer, and how many entries differ."""
-        lines = [f"the runs differ in {', '.join(self.mismatched_inputs)}: divergence is expected"] if self.mismatched_inputs else []
+        lines = []
+        if self.mismatched_inputs:
+            lines.append(f"the runs differ in {', '.join(self.mismatched_inputs)}: divergence is expected")
         if self.first is None:
             return "\n".join([*lines, f"identical: all {self.n_entries[0]} entries match"])
         f = self.first
         delta = "" if f.stat_delta is None else f", summary statistics differ by up to {f.stat_delta:.3g}"
-        lines.append(f"first divergence at entry {f.index}: {f.name} ({f.module_type}, {f.phase}): {f.reason}{delta}")
+        where = f"layer {f.name!r} ({f.module_type}, {f.phase})"
+        lines.append(f"first divergence at entry {f.index}: {where}: {f.reason}{delta}")
         lines.append(f"{self.n_differing} of {max(self.n_entries)} entries differ")
         return "\n".join(lines)
 
 
 def _stat_delta(a: TensorStats, b: TensorStats) -> float | None:
-    deltas = [
-        abs(x - y) for x, y in ((a.mean, b.mean), (a.std, b.std), (a.min, b.min), (a.max, b.max), (a.abs_max, b.abs_max))
-        if x is not None and y is not None and not (math.isnan(x) and math.isnan(y))
-    ]
+    fields = ("mean", "std", "min", "max", "abs_max")
+    pairs = [(getattr(a, f), getattr(b, f)) for f in fields]
+    deltas = [abs(x - y) for x, y in pairs if x is not None and y is not None and not (math.isnan(x) and math.isnan(y))]
     return max(deltas, default=None)
+
+
+def _entry_divergence(entry: ProbeEntry, reason: str, stat_delta: float | None = None) -> Divergence:
+    return Divergence(index=entry.index, name=entry.name, module_type=entry.module_type, phase=entry.phase,
+                      reason=reason, stat_delta=stat_delta)
 
 
 def _divergence(a: ProbeEntry | None, b: ProbeEntry | None) -> Divergence | None:
     if a is None or b is None:
-        present = a or b
-        side = "first" if b is None else "second"
-        return Divergence(index=present.index, name=present.name, module_type=present.module_type, phase=present.phase,
-                          reason=f"only the {side} record has this entry", stat_delta=None)
+        return _entry_divergence(a or b, f"only the {'first' if b is None else 'second'} record has this entry")
     if (a.name, a.phase) != (b.name, b.phase):
-        return Divergence(index=a.index, name=a.name, module_type=a.module_type, phase=a.phase,
-                          reason=f"execution order differs: the second record has {b.name} ({b.phase}) here", stat_delta=None)
+        return _entry_divergence(a, f"execution order differs: the second record has {b.name} ({b.phase}) here")
     if a.same_tensor(b):
         return None
-    reason = "tensor bytes differ" if (a.shape, a.dtype) == (b.shape, b.dtype) else f"shape/dtype {a.shape} {a.dtype} vs {b.shape} {b.dtype}"
-    return Divergence(index=a.index, name=a.name, module_type=a.module_type, phase=a.phase,
-                      reason=reason, stat_delta=_stat_delta(a.stats, b.stats))
+    if (a.shape, a.dtype) != (b.shape, b.dtype):
+        return _entry_divergence(a, f"shape/dtype differ: {a.shape} {a.dtype} vs {b.shape} {b.dtype}")
+    return _entry_divergence(a, "tensor bytes differ", _stat_delta(a.stats, b.stats))
 
 
 def _mismatched_inputs(a: ProbeRecord, b: ProbeRecord) -> tuple[str, ...]:
@@ -269,9 +293,8 @@ def _mismatched_inputs(a: ProbeRecord, b: ProbeRecord) -> tuple[str, ...]:
 
 def compare(a: ProbeRecord, b: ProbeRecord) -> ProbeDiff:
     """Walk two records in execution order; report the first differing entry and how many differ."""
-    n = max(len(a.entries), len(b.entries))
-    pairs = [(a.entries[i] if i < len(a.entries) else None, b.entries[i] if i < len(b.entries) else None) for i in range(n)]
-    divergences = [d for d in (_divergence(x, y) for x, y in pairs) if d is not None]
+    pairs = itertools.zip_longest(a.entries, b.entries)
+    divergences = [d for d in itertools.starmap(_divergence, pairs) if d is not None]
     return ProbeDiff(
         mismatched_inputs=_mismatched_inputs(a, b), first=divergences[0] if divergences else None,
         n_differing=len(divergences), n_entries=(len(a.entries), len(b.entries)),

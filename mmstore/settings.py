@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing import Annotated
+from typing import Annotated, Literal
 
 __all__ = ["Settings", "DEFAULT_TRUSTED_MODULES"]
 
@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     max_chain_depth: int = Field(10, ge=1, description="Update approach: snapshot when a chain grows past this.")
     max_delta_fraction: float = Field(
         0.5, gt=0, le=1, description="Update approach: snapshot when a delta exceeds this share of a snapshot."
+    )
+    update_codec: Literal["auto", "raw", "group-zstd", "xor-group-zstd"] = Field(
+        "auto", description="Update approach: how changed bytes are encoded (auto: XOR when the base is at hand)."
     )
     cache_sets: int = Field(4, ge=0, description="How many recently materialised sets a store keeps in memory.")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -50,6 +51,7 @@ class Store:
         self.blobs = BlobStore(backend)
         self._clock = clock
         self._manifests: dict[str, Manifest] = {}
+        self._materialised: OrderedDict[str, np.ndarray] = OrderedDict()
 
     @classmethod
     def open(cls, url: str, settings: Settings | None = None, **storage_options: Any) -> "Store":
@@ -149,6 +151,20 @@ class Store:
         except ValueError as exc:
             raise IntegrityError(f"architecture document {manifest.arch.id} is not valid: {exc}") from exc
 
+    def cached_rows(self, set_id: str) -> np.ndarray | None:
+        """A recently materialised set's rows, if this store still holds them (do not modify)."""
+        rows = self._materialised.get(set_id)
+        if rows is not None:
+            self._materialised.move_to_end(set_id)
+        return rows
+
+    def remember(self, set_id: str, rows: np.ndarray) -> None:
+        """Keep a private copy of a set's rows, evicting the least recently used beyond the limit."""
+        if self.settings.cache_sets:
+            self._materialised[set_id] = rows.copy()
+            while len(self._materialised) > self.settings.cache_sets:
+                self._materialised.popitem(last=False)
+
     def recover_rows(self, set_id: str, models: Sequence[int] | None = None, **options: Any) -> np.ndarray:
         """The (n, row) bytes of a set, or only of the given model indices."""
         manifest = self.manifest(set_id)
@@ -171,7 +187,8 @@ class Store:
         ids = [self.resolve(set_id)] if set_id else [info.id for info in self.list()]
         for sid in ids:
             manifest = self.manifest(sid)
-            self.arch_document(manifest)
+            for ref in self._refs(manifest):
+                self.blobs.get(ref)
             self.recover_rows(sid)
         return ids
 

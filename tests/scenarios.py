@@ -36,4 +36,4 @@ def parameter_chain(approach: str) -> Scenario:
     return scenario
 
 
-SCENARIOS: dict[str, Scenario] = {"baseline": parameter_chain("baseline")}
+SCENARIOS: dict[str, Scenario] = {"baseline": parameter_chain("baseline"), "update": parameter_chain("update")}

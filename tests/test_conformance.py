@@ -115,6 +115,9 @@ def test_missing_base_is_reported(store, approach):
 
 def test_missing_blob_is_reported(store, approach):
     ids, _ = save_chain(store, approach, versions=1)
-    store.backend.delete(_blob_keys(store, ids[0])[-1])
-    with pytest.raises(NotFoundError, match="missing"):
-        Store(store.backend, store.settings).recover(ids[0])
+    for key in _blob_keys(store, ids[0]):
+        original = store.backend.get(key)
+        store.backend.delete(key)
+        with pytest.raises(NotFoundError, match="missing"):
+            Store(store.backend, store.settings).verify(ids[0])
+        store.backend.put(key, original, exclusive=False)

@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import JsonValue
 
 from ..blobs import BlobRef, BlobStore
-from ..manifest import Manifest
+from ..manifest import ArchDocument, Manifest
 from ..modelset import ModelSet
 from ..settings import Settings
 
@@ -33,6 +33,15 @@ class StoreAccess(Protocol):
 
     def manifest(self, set_id: str) -> Manifest:
         """The verified manifest of a set."""
+
+    def arch_document(self, manifest: Manifest) -> ArchDocument:
+        """The verified architecture and layout of a set."""
+
+    def cached_rows(self, set_id: str) -> np.ndarray | None:
+        """A recently materialised set's rows, if at hand."""
+
+    def remember(self, set_id: str, rows: np.ndarray) -> None:
+        """Keep a copy of a set's rows at hand for later versions."""
 
     def recover_rows(self, set_id: str, models: Sequence[int] | None = None, **options: Any) -> np.ndarray:
         """The (n, row) bytes of a stored set, or of the given model indices."""

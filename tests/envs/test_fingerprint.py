@@ -35,7 +35,8 @@ def test_capture_describes_this_process():
     assert fp.torch.num_threads == torch.get_num_threads()
     assert f"torch=={torch.__version__}" in fp.packages
     assert fp.cpu.flags == tuple(sorted(fp.cpu.flags))
-    assert fp.torch.build_settings.get("TORCH_VERSION", torch.__version__).startswith(torch.__version__.split("+")[0])
+    assert fp.torch.build_settings["TORCH_VERSION"] == torch.__version__.split("+")[0]
+    assert fp.torch.cpu_capability == torch.backends.cpu.get_cpu_capability()
 
 
 def test_image_digest_comes_from_the_environment(monkeypatch):

@@ -1,0 +1,149 @@
+"""Update (paper Section 3.3): a derived set stores only its changed tensors, found by digest.
+
+A snapshot stores every row plus the per-tensor digest table. A delta stores the change mask, the
+new digests of changed tensors (so the next version finds its changes without reading parameters)
+and the changed bytes. Chains are cut by a snapshot when they grow too deep or a delta too large.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import zstandard
+
+from .. import codecs
+from ..diff import DIGEST_SIZE, Delta, apply, diff, restrict, tensor_digests
+from ..digest import digest_bytes
+from ..errors import IntegrityError
+from ..layout import Layout
+from ..manifest import Manifest
+from ..modelset import ModelSet
+from .base import Encoded, StoreAccess
+from .baseline import read_snapshot, write_snapshot
+
+__all__ = ["Update"]
+
+
+def _kind(manifest: Manifest) -> str:
+    return str(manifest.extra.get("kind", "snapshot")) if manifest.approach == "update" else "foreign"
+
+
+class Update:
+    """Deltas of changed tensors against a base, recovered by walking the chain to a snapshot."""
+
+    name: ClassVar[str] = "update"
+
+    def save(self, model_set: ModelSet, base: Manifest | None, store: StoreAccess, **options: Any) -> Encoded:
+        """A delta against `base` when the policy allows, else a snapshot."""
+        digests = tensor_digests(model_set.data, model_set.layout)
+        if base is None or _kind(base) == "foreign" or int(base.extra["depth"]) + 1 > store.settings.max_chain_depth:
+            return self._snapshot(model_set, digests, store)
+        delta = diff(model_set.data, digests, self._digest_table(base, model_set.layout, store), model_set.layout)
+        if delta.nbytes > store.settings.max_delta_fraction * model_set.nbytes:
+            return self._snapshot(model_set, digests, store)
+        return self._delta(model_set, delta, base, store)
+
+    def _snapshot(self, model_set: ModelSet, digests: np.ndarray, store: StoreAccess) -> Encoded:
+        params = write_snapshot(model_set, store).blobs["params"]
+        table = store.blobs.put(digests)
+        return Encoded(blobs={"params": params, "digests": table}, extra={"kind": "snapshot", "depth": 0, "content": params.id})
+
+    def _delta(self, model_set: ModelSet, delta: Delta, base: Manifest, store: StoreAccess) -> Encoded:
+        extra: dict[str, Any] = {"kind": "delta", "depth": int(base.extra["depth"]) + 1, "content": digest_bytes(model_set.data)}
+        if not delta.mask.any():
+            return Encoded(extra=extra)
+        base_rows = store.cached_rows(base.id)
+        codec = _choose_codec(store.settings.update_codec, base_rows is not None)
+        segments = [
+            codecs.encode(v.reshape(-1), spec.itemsize, codec, _base_values(base_rows, delta.mask, t, spec))
+            for t, (spec, v) in enumerate(zip(model_set.layout.tensors, delta.values))
+        ]
+        changes = np.packbits(delta.mask.reshape(-1), bitorder="little").tobytes() + delta.digests.tobytes()
+        blobs = {
+            "changes": store.blobs.put(zstandard.ZstdCompressor(level=3).compress(changes)),
+            "values": store.blobs.put(b"".join(segments)),
+        }
+        return Encoded(blobs=blobs, extra={**extra, "codec": codec, "segments": [len(s) for s in segments]})
+
+    def _digest_table(self, manifest: Manifest, layout: Layout, store: StoreAccess) -> np.ndarray:
+        chain, snapshot = _chain(manifest, store)
+        shape = (snapshot.n_models, len(layout.tensors), DIGEST_SIZE)
+        table = store.blobs.get(snapshot.blobs["digests"]).reshape(shape).copy()
+        for delta in reversed(chain):
+            if delta.blobs:
+                mask, digests = _read_changes(delta, shape, store)
+                table[mask] = digests
+        return table
+
+    def recover(self, manifest: Manifest, store: StoreAccess, models: np.ndarray | None, **options: Any) -> np.ndarray:
+        """Start from the nearest snapshot (or a cached version) and apply each delta, oldest first."""
+        layout = store.arch_document(manifest).layout
+        wanted = None if models is None else np.unique(models)
+        chain, start = _chain(manifest, store, stop_at_cached=True)
+        data = _start_rows(start, store, wanted)
+        shape = (manifest.n_models, len(layout.tensors), DIGEST_SIZE)
+        for delta in reversed(chain):
+            if delta.blobs:
+                _apply_delta(data, delta, layout, shape, store, wanted)
+        if wanted is None:
+            if digest_bytes(data) != manifest.extra["content"]:
+                raise IntegrityError("the recovered set does not match its recorded content digest; run `mmstore verify`")
+            store.remember(manifest.id, data)
+            return data
+        return data[np.searchsorted(wanted, models)]
+
+
+def _choose_codec(setting: str, base_at_hand: bool) -> str:
+    if setting != "auto":
+        return setting if setting != "xor-group-zstd" or base_at_hand else "group-zstd"
+    return "xor-group-zstd" if base_at_hand else "raw"
+
+
+def _base_values(base_rows: np.ndarray | None, mask: np.ndarray, t: int, spec) -> np.ndarray | None:
+    if base_rows is None:
+        return None
+    return base_rows[mask[:, t], spec.offset : spec.offset + spec.nbytes].reshape(-1)
+
+
+def _chain(manifest: Manifest, store: StoreAccess, stop_at_cached: bool = False) -> tuple[list[Manifest], Manifest]:
+    """The deltas from `manifest` down to (excluding) the snapshot or cached set they build on."""
+    chain, current = [], manifest
+    while _kind(current) == "delta":
+        if stop_at_cached and store.cached_rows(current.id) is not None:
+            break
+        chain.append(current)
+        current = store.manifest(current.base)
+    return chain, current
+
+
+def _start_rows(start: Manifest, store: StoreAccess, wanted: np.ndarray | None) -> np.ndarray:
+    cached = store.cached_rows(start.id)
+    if cached is not None:
+        return cached.copy() if wanted is None else cached[wanted]
+    return read_snapshot(start, store, wanted)
+
+
+def _read_changes(delta: Manifest, shape: tuple[int, int, int], store: StoreAccess) -> tuple[np.ndarray, np.ndarray]:
+    raw = zstandard.ZstdDecompressor().decompress(store.blobs.get(delta.blobs["changes"]).tobytes())
+    cells = shape[0] * shape[1]
+    packed = (cells + 7) // 8
+    mask = np.unpackbits(np.frombuffer(raw[:packed], dtype=np.uint8), count=cells, bitorder="little").astype(bool)
+    digests = np.frombuffer(raw[packed:], dtype=np.uint8)
+    if digests.size != int(mask.sum()) * shape[2]:
+        raise IntegrityError(f"the change list of set {delta.id[:12]} is malformed; the store is damaged")
+    return mask.reshape(shape[:2]), digests.reshape(-1, shape[2])
+
+
+def _apply_delta(data: np.ndarray, delta: Manifest, layout: Layout, shape, store: StoreAccess, wanted) -> None:
+    mask, _ = _read_changes(delta, shape, store)
+    payload = store.blobs.get(delta.blobs["values"])
+    codec, values, cursor = str(delta.extra["codec"]), [], 0
+    for t, (spec, size) in enumerate(zip(layout.tensors, delta.extra["segments"])):
+        rows = int(mask[:, t].sum())
+        flat = codecs.decode(payload[cursor : cursor + int(size)], rows * spec.nbytes, spec.itemsize, codec)
+        values.append(flat.reshape(rows, spec.nbytes))
+        cursor += int(size)
+    if wanted is not None:
+        mask, values = restrict(mask, tuple(values), wanted)
+    apply(data, layout, mask, tuple(values), xor=codec in codecs.XOR_CODECS)
