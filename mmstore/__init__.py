@@ -9,6 +9,7 @@ from .errors import (
     ReproductionError,
 )
 from .modelset import ModelSet
+from .provenance_records import DatasetRef, ProvenanceRecord
 from .settings import Settings
 from .store import SetInfo, Store
 
@@ -23,4 +24,6 @@ __all__ = [
     "NotFoundError",
     "ArchitectureError",
     "ReproductionError",
+    "ProvenanceRecord",
+    "DatasetRef",
 ]

@@ -81,6 +81,10 @@ class BlobStore:
         """Whether the blob is present (not verified)."""
         return self.backend.exists(blob_key(blob_id))
 
+    def delete(self, blob_id: str) -> None:
+        """Remove a blob (callers make sure no set references it)."""
+        self.backend.delete(blob_key(blob_id))
+
     def stored_size(self, blob_id: str) -> int:
         """Bytes the blob occupies in the backend."""
         return self.backend.size(blob_key(blob_id))

@@ -9,6 +9,9 @@ __all__ = [
     "ConflictError",
     "InUseError",
     "ReproductionError",
+    "TrainerChangedError",
+    "DatasetError",
+    "EnvironmentMismatchError",
 ]
 
 
@@ -46,3 +49,15 @@ class InUseError(MMStoreError):
 
 class ReproductionError(MMStoreError):
     """A replayed training produced parameters that differ from the recorded ones."""
+
+
+class TrainerChangedError(ReproductionError):
+    """The training function's source differs from the one recorded when the set was saved."""
+
+
+class DatasetError(MMStoreError, ValueError):
+    """A dataset a provenance set was trained on is missing or no longer has its recorded digest."""
+
+
+class EnvironmentMismatchError(MMStoreError):
+    """The environment a replay would run in differs from the recorded one in ways that change bits."""

@@ -85,6 +85,11 @@ class Layout(BaseModel):
                     f"{spec.dtype}{list(spec.shape)}; save models of different architectures as separate sets"
                 )
 
+    @property
+    def used_nbytes(self) -> int:
+        """Bytes of a row that hold tensors; the rest (at most the widest itemsize) is zero padding."""
+        return max((t.offset + t.nbytes for t in self.tensors), default=0)
+
     def spec(self, name: str) -> TensorSpec:
         """The spec of the tensor called `name`."""
         for t in self.tensors:

@@ -32,6 +32,8 @@ class ModelSet:
     def __init__(self, arch: ArchSpec, layout: Layout, data: np.ndarray, trusted: tuple[str, ...] | None = None):
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != layout.row_nbytes:
             raise ArchitectureError(f"data must be uint8 of shape (n, {layout.row_nbytes}), got {data.dtype}{data.shape}")
+        if data[:, layout.used_nbytes :].any():
+            raise ArchitectureError("the padding bytes at the end of each row must be zero")
         self.arch, self.layout = arch, layout
         self.data = np.ascontiguousarray(data)
         # None: the architecture came from live objects, so importing it again is safe.
@@ -61,6 +63,17 @@ class ModelSet:
         views = _tensor_views(torch.from_numpy(data), layout)
         for spec in layout.tensors:
             views[spec.name].copy_(torch.stack([sd[spec.name].detach().cpu() for sd in state_dicts]))
+        return cls(arch, layout, data)
+
+    @classmethod
+    def from_stacked(cls, stacked: dict[str, torch.Tensor], arch: ArchSpec, layout: Layout) -> "ModelSet":
+        """A set from per-tensor (n, *shape) stacks, e.g. the result of batched training."""
+        n = len(next(iter(stacked.values())))
+        data = np.zeros((n, layout.row_nbytes), dtype=np.uint8)
+        views = _tensor_views(torch.from_numpy(data), layout)
+        layout.check({name: t[0] for name, t in stacked.items()}, "the stacked tensors")
+        for name, view in views.items():
+            view.copy_(stacked[name])
         return cls(arch, layout, data)
 
     def __len__(self) -> int:

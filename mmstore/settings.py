@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 __all__ = ["Settings", "DEFAULT_TRUSTED_MODULES"]
 
-DEFAULT_TRUSTED_MODULES = ("workloads", "torch.nn")
+DEFAULT_TRUSTED_MODULES = ("workloads", "envs", "torch.nn")
 
 
 class Settings(BaseSettings):
@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     )
     update_codec: Literal["auto", "raw", "group-zstd", "xor-group-zstd"] = Field(
         "auto", description="Update approach: how changed bytes are encoded (auto: XOR when the base is at hand)."
+    )
+    replay_executor: str = Field(
+        "envs.executors:LocalExecutor",
+        description="Provenance approach: the executor class that replays training when none is passed (a trusted import path).",
     )
     cache_sets: int = Field(4, ge=0, description="How many recently materialised sets a store keeps in memory.")
 

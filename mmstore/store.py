@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 from .approaches import get_approach
 from .backend import Backend, open_backend
 from .blobs import BlobRef, BlobStore
-from .errors import ArchitectureError, ConflictError, IntegrityError, MMStoreError, NotFoundError
+from .errors import ArchitectureError, ConflictError, InUseError, IntegrityError, MMStoreError, NotFoundError
 from .manifest import ArchDocument, Manifest, canonical_json
 from .modelset import ModelSet
 from .settings import Settings
@@ -122,6 +122,38 @@ class Store:
                 f"set {set_id} was saved, but lineage {lineage!r} was moved by another writer meanwhile; "
                 f"inspect `mmstore log {lineage}` and save again on top of its new head"
             ) from exc
+
+    def delete(self, set_id: str) -> int:
+        """Delete a set no other set derives from; returns the bytes freed.
+
+        A lineage pointing at the set moves back to the set's base. Blobs that no remaining set
+        references are removed after the manifest, so a crash in between only leaves unreferenced blobs.
+        """
+        set_id = self.resolve(set_id)
+        manifest = self.manifest(set_id)
+        infos = self.list()
+        dependents = [info.id[:12] for info in infos if info.base == set_id]
+        if dependents:
+            raise InUseError(
+                f"set {set_id[:12]} is the base of {', '.join(dependents)}; delete those first (newest first)"
+            )
+        for name, head in self.lineages().items():
+            if head == set_id:
+                self._retarget_lineage(name, set_id, manifest.base)
+        still_used = {ref.id for info in infos if info.id != set_id for ref in self._refs(self.manifest(info.id))}
+        freed = self.backend.size(f"sets/{set_id}.json")
+        self.backend.delete(f"sets/{set_id}.json")
+        self._manifests.pop(set_id, None)
+        for blob_id in {ref.id for ref in self._refs(manifest)} - still_used:
+            freed += self.blobs.stored_size(blob_id)
+            self.blobs.delete(blob_id)
+        return freed
+
+    def _retarget_lineage(self, name: str, head: str, base: str | None) -> None:
+        if base is None:
+            self.backend.delete(f"refs/{name}")
+        else:
+            self.backend.swap(f"refs/{name}", head.encode(), base.encode())
 
     # -- reading ---------------------------------------------------------------------------------
 

@@ -7,8 +7,13 @@ import socket
 import uuid
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from mmstore import Settings, Store
+
+# Hypothesis explores the same examples on every run: failures reproduce, CI is stable.
+hypothesis_settings.register_profile("mmstore", derandomize=True, deadline=None)
+hypothesis_settings.load_profile("mmstore")
 
 TEST_SETTINGS = Settings(trusted_modules=("tests",))
 

@@ -46,6 +46,7 @@ def adversarial_set(n: int, seed: int) -> ModelSet:
 def random_rows(model_set: ModelSet, seed: int) -> ModelSet:
     """A set with the same layout and fresh random bytes in every row."""
     data = np.random.default_rng(seed).integers(0, 256, model_set.data.shape, dtype=np.uint8)
+    data[:, model_set.layout.used_nbytes :] = 0
     return ModelSet(model_set.arch, model_set.layout, data)
 
 

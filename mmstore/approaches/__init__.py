@@ -5,11 +5,12 @@ from __future__ import annotations
 from ..errors import MMStoreError
 from .base import Approach, Encoded, StoreAccess
 from .baseline import Baseline
+from .provenance import Provenance
 from .update import Update
 
 __all__ = ["Approach", "Encoded", "StoreAccess", "get_approach", "APPROACHES"]
 
-APPROACHES: dict[str, Approach] = {a.name: a for a in (Baseline(), Update())}
+APPROACHES: dict[str, Approach] = {a.name: a for a in (Baseline(), Update(), Provenance())}
 
 
 def get_approach(name: str) -> Approach:

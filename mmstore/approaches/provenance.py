@@ -1,0 +1,204 @@
+"""Provenance (paper Section 3.4): a derived set stores how its changed models were trained, not their bytes.
+
+The first set is a snapshot. A derived set stores the recipe and the environment fingerprint (each
+content-addressed, so shared by every set that uses them), and one compact change list: per
+changed model its recipe, its dataset reference and the digest of every tensor it changed.
+Recovery re-trains the changed models from their base versions and checks each result bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..arch import import_trusted, source_digest
+from ..diff import diff, tensor_digests
+from ..digest import digest_bytes
+from ..errors import IntegrityError, MMStoreError, ReproductionError, TrainerChangedError
+from ..layout import Layout
+from ..manifest import Manifest, canonical_json
+from ..modelset import ModelSet
+from ..provenance_records import (
+    ChangedModel, ChangeList, ProvenanceRecord, RecipeDocument, decode_changes, encode_changes, read_datasets,
+)
+from ..replay import TRAINER_KIND, Executor, ReplayJob, ReplayTask
+from .base import Encoded, StoreAccess
+from .baseline import read_snapshot, write_snapshot
+
+__all__ = ["Provenance"]
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A derived set's own blobs, read and verified."""
+
+    recipe: RecipeDocument
+    environment: bytes
+    changes: ChangeList
+
+
+class Provenance:
+    """Snapshots first, then recipes, dataset references and expected digests; recovered by replay."""
+
+    name: ClassVar[str] = "provenance"
+
+    def save(
+        self, model_set: ModelSet, base: Manifest | None, store: StoreAccess,
+        provenance: ProvenanceRecord | Mapping[str, Any] | None = None, **options: Any,
+    ) -> Encoded:
+        """A snapshot for a first set; for a derived set, the record of how its changed models were trained."""
+        if base is None:
+            return Encoded(blobs=write_snapshot(model_set, store).blobs, extra={"kind": "snapshot"})
+        if provenance is None:
+            raise MMStoreError("a derived provenance set needs provenance=ProvenanceRecord(...); or save it with approach='baseline'")
+        record = ProvenanceRecord.model_validate(provenance)
+        changes = _change_list(model_set, _digest_table(base, model_set.layout, store), record)
+        read_datasets([entry.dataset for entry in changes.models])
+        blobs = {
+            "recipe": store.blobs.put(canonical_json(_recipe_document(record, store))),
+            "environment": store.blobs.put(record.environment_bytes()),
+            "changes": store.blobs.put(encode_changes(changes)),
+        }
+        extra = {"kind": "replay", "changed": len(changes.models), "content": digest_bytes(model_set.data)}
+        return Encoded(blobs=blobs, extra=extra)
+
+    def recover(
+        self, manifest: Manifest, store: StoreAccess, models: np.ndarray | None,
+        executor: Executor | None = None, force: bool = False, dataset_options: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> np.ndarray:
+        """Recover the base rows, re-train the changed models among `models`, check every result."""
+        if manifest.extra.get("kind") == "snapshot":
+            return read_snapshot(manifest, store, models)
+        cached = store.cached_rows(manifest.id)
+        if cached is not None:
+            return cached.copy() if models is None else cached[models]
+        stored = _read_stored(manifest, store)
+        if not force:
+            _check_trainer(stored.recipe, store)
+        wanted = np.arange(manifest.n_models) if models is None else np.unique(models)
+        todo = [entry for entry in stored.changes.models if _contains(wanted, entry.model)]
+        # Datasets and environment are checked here, before the base is recovered: nothing trains on bad inputs.
+        datasets = read_datasets([entry.dataset for entry in todo], dataset_options)
+        executor = executor or _default_executor(store)
+        executor.check(stored.environment)
+        base_options = {"executor": executor, "force": force, "dataset_options": dataset_options}
+        rows = store.recover_rows(manifest.base, None if models is None else wanted, **base_options)
+        _replay(rows, wanted, todo, datasets, stored.recipe, store, manifest, executor)
+        if models is None:
+            if digest_bytes(rows) != manifest.extra["content"]:
+                raise ReproductionError(f"the replayed set {manifest.id[:12]} does not match its recorded content digest")
+            store.remember(manifest.id, rows)
+            return rows
+        return rows[np.searchsorted(wanted, models)]
+
+
+def _recipe_document(record: ProvenanceRecord, store: StoreAccess) -> RecipeDocument:
+    import_trusted(record.trainer, store.settings.allowed_prefixes(), TRAINER_KIND)
+    digest = source_digest(record.trainer.partition(":")[0])
+    return RecipeDocument(trainer=record.trainer, trainer_digest=digest, recipes=record.recipes)
+
+
+def _digest_table(manifest: Manifest, layout: Layout, store: StoreAccess) -> np.ndarray:
+    """The per-tensor digests of a set's rows, without re-training: replayed sets record theirs."""
+    cached = store.cached_rows(manifest.id)
+    if cached is None and manifest.approach == Provenance.name and manifest.extra.get("kind") == "replay":
+        table = _digest_table(store.manifest(manifest.base), layout, store)
+        names = {spec.name: t for t, spec in enumerate(layout.tensors)}
+        for entry in _read_stored(manifest, store).changes.models:
+            for name, digest in entry.tensors.items():
+                table[entry.model, names[name]] = np.frombuffer(bytes.fromhex(digest), dtype=np.uint8)
+        return table
+    return tensor_digests(cached if cached is not None else store.recover_rows(manifest.id), layout)
+
+
+def _change_list(model_set: ModelSet, base_table: np.ndarray, record: ProvenanceRecord) -> ChangeList:
+    """The changed models with their new tensor digests; they must be exactly the recorded ones."""
+    delta = diff(model_set.data, tensor_digests(model_set.data, model_set.layout), base_table, model_set.layout)
+    changed = np.flatnonzero(delta.mask.any(axis=1))
+    _check_recorded(set(changed.tolist()), record)
+    names = [spec.name for spec in model_set.layout.tensors]
+    digests = iter(delta.digests)
+    entries = []
+    for i in changed.tolist():
+        recipe, dataset = record.changes[i]
+        tensors = {names[t]: next(digests).tobytes().hex() for t in np.flatnonzero(delta.mask[i])}
+        entries.append(ChangedModel(model=i, recipe=recipe, dataset=dataset, tensors=tensors))
+    return ChangeList(models=tuple(entries))
+
+
+def _check_recorded(changed: set[int], record: ProvenanceRecord) -> None:
+    unrecorded, unchanged = sorted(changed - set(record.changes)), sorted(set(record.changes) - changed)
+    if unrecorded or unchanged:
+        raise MMStoreError(
+            f"the provenance record does not match the set: models changed without a record {unrecorded[:10]}, "
+            f"records for unchanged models {unchanged[:10]}; record exactly the models that were retrained"
+        )
+    unknown = sorted({recipe for recipe, _ in record.changes.values()} - set(record.recipes))
+    if unknown:
+        raise MMStoreError(f"the provenance record names recipes it does not define: {unknown}")
+
+
+def _read_stored(manifest: Manifest, store: StoreAccess) -> _Stored:
+    def blob(role: str) -> bytes:
+        return store.blobs.get(manifest.blobs[role]).tobytes()
+
+    try:
+        recipe = RecipeDocument.model_validate_json(blob("recipe"))
+    except ValueError as exc:
+        raise IntegrityError(f"the recipe of set {manifest.id[:12]} is not valid: {exc}") from exc
+    return _Stored(recipe, blob("environment"), decode_changes(blob("changes"), manifest.id))
+
+
+def _check_trainer(recipe: RecipeDocument, store: StoreAccess) -> None:
+    import_trusted(recipe.trainer, store.settings.allowed_prefixes(), TRAINER_KIND)
+    current = source_digest(recipe.trainer.partition(":")[0])
+    if current != recipe.trainer_digest:
+        raise TrainerChangedError(
+            f"the source of the training function {recipe.trainer} changed since the set was saved "
+            f"(recorded digest {recipe.trainer_digest[:16]}, now {current[:16]}); restore that source, "
+            "or pass force=True to replay anyway (results are still checked bit for bit)"
+        )
+
+
+def _default_executor(store: StoreAccess) -> Executor:
+    return import_trusted(store.settings.replay_executor, store.settings.allowed_prefixes(), "replay executor")()
+
+
+def _contains(sorted_values: np.ndarray, value: int) -> bool:
+    at = int(np.searchsorted(sorted_values, value))
+    return at < len(sorted_values) and int(sorted_values[at]) == value
+
+
+def _replay(rows, wanted, todo, datasets, recipe, store, manifest, executor) -> None:
+    """Re-train the `todo` models from their rows in `rows` (ordered like `wanted`), check and store results."""
+    doc = store.arch_document(manifest)
+    at = np.searchsorted(wanted, [entry.model for entry in todo]).astype(np.int64)
+    jobs = [
+        ReplayJob(model=e.model, row=rows[p], dataset=d, recipe=recipe.recipes[e.recipe])
+        for e, p, d in zip(todo, at, datasets)
+    ]
+    task = ReplayTask(doc.arch, doc.layout, recipe.trainer, store.settings.allowed_prefixes())
+    trained = executor.replay(task, jobs)
+    _check_results(trained, rows[at], todo, doc.layout)
+    rows[at] = trained
+
+
+def _check_results(trained: np.ndarray, start: np.ndarray, todo: list[ChangedModel], layout: Layout) -> None:
+    """Each replayed tensor must have its recorded digest, or, if unrecorded, its base bytes."""
+    if trained.shape != start.shape:
+        raise ReproductionError(f"the executor returned {trained.shape} rows of bytes for {start.shape}; it is broken")
+    digests = tensor_digests(trained, layout)
+    for k, entry in enumerate(todo):
+        for t, spec in enumerate(layout.tensors):
+            columns = slice(spec.offset, spec.offset + spec.nbytes)
+            expected = entry.tensors.get(spec.name)
+            same = digests[k, t].tobytes().hex() == expected if expected else np.array_equal(trained[k, columns], start[k, columns])
+            if not same:
+                raise ReproductionError(
+                    f"replaying model {entry.model} gave another tensor {spec.name!r} than was recorded: "
+                    "training is not reproducible here; replay in the recorded environment, or check the trainer"
+                )
