@@ -7,6 +7,8 @@ and the changed bytes. Chains are cut by a snapshot when they grow too deep or a
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from typing import Any, ClassVar
 
 import numpy as np
@@ -81,13 +83,18 @@ class Update:
         layout = store.arch_document(manifest).layout
         wanted = None if models is None else np.unique(models)
         chain, start = _chain(manifest, store, stop_at_cached=True)
-        data = _start_rows(start, store, wanted)
         shape = (manifest.n_models, len(layout.tensors), DIGEST_SIZE)
-        for delta in reversed(chain):
-            if delta.blobs:
-                _apply_delta(data, delta, layout, shape, store, wanted)
+        # Deltas are read, verified and decoded on worker threads while the snapshot is read.
+        pending = [_decode_pool().submit(_decode_delta, d, layout, shape, store) for d in reversed(chain) if d.blobs]
+        data = _start_rows(start, store, wanted)
+        for future in pending:
+            mask, values, xor = future.result()
+            if wanted is not None:
+                mask, values = restrict(mask, values, wanted)
+            apply(data, layout, mask, values, xor=xor)
         if wanted is None:
-            if digest_bytes(data) != manifest.extra["content"]:
+            # A snapshot's blob digest already proves its content; applied deltas are checked here.
+            if chain and digest_bytes(data) != manifest.extra["content"]:
                 raise IntegrityError("the recovered set does not match its recorded content digest; run `mmstore verify`")
             store.remember(manifest.id, data)
             return data
@@ -97,7 +104,7 @@ class Update:
 def _choose_codec(setting: str, base_at_hand: bool) -> str:
     if setting != "auto":
         return setting if setting != "xor-group-zstd" or base_at_hand else "group-zstd"
-    return "xor-group-zstd" if base_at_hand else "raw"
+    return "xor-group-zstd" if base_at_hand else "group-zstd"
 
 
 def _base_values(base_rows: np.ndarray | None, mask: np.ndarray, t: int, spec) -> np.ndarray | None:
@@ -135,7 +142,13 @@ def _read_changes(delta: Manifest, shape: tuple[int, int, int], store: StoreAcce
     return mask.reshape(shape[:2]), digests.reshape(-1, shape[2])
 
 
-def _apply_delta(data: np.ndarray, delta: Manifest, layout: Layout, shape, store: StoreAccess, wanted) -> None:
+@lru_cache(maxsize=1)
+def _decode_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="mmstore-decode")
+
+
+def _decode_delta(delta: Manifest, layout: Layout, shape, store: StoreAccess) -> tuple[np.ndarray, tuple[np.ndarray, ...], bool]:
+    """A delta's change mask, its changed bytes per tensor, and whether they are XORed with the base."""
     mask, _ = _read_changes(delta, shape, store)
     payload = store.blobs.get(delta.blobs["values"])
     codec, values, cursor = str(delta.extra["codec"]), [], 0
@@ -144,6 +157,4 @@ def _apply_delta(data: np.ndarray, delta: Manifest, layout: Layout, shape, store
         flat = codecs.decode(payload[cursor : cursor + int(size)], rows * spec.nbytes, spec.itemsize, codec)
         values.append(flat.reshape(rows, spec.nbytes))
         cursor += int(size)
-    if wanted is not None:
-        mask, values = restrict(mask, tuple(values), wanted)
-    apply(data, layout, mask, tuple(values), xor=codec in codecs.XOR_CODECS)
+    return mask, tuple(values), codec in codecs.XOR_CODECS
