@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/python -m flows.fleet_scenario --store $(STORE) --cells 500 --cycles 3 --compare
+	$(VENV)/bin/python -m flows.fleet_scenario --store $(STORE) --cells 300 --cycles 3 --compare
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

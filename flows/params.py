@@ -1,0 +1,49 @@
+"""Flow parameters as pydantic models: the Prefect UI renders each as a form."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+__all__ = ["FleetUpdateParameters", "RecoverParameters", "ScenarioParameters", "Approach"]
+
+Approach = Literal["baseline", "update", "provenance"]
+
+
+class FleetUpdateParameters(BaseModel):
+    """One update cycle (use case U3) of a fleet's lineage."""
+
+    store: str = Field("./mmstore-data", description="Store URL: a directory, file://, or s3://bucket/prefix")
+    lineage: str = Field("fleet", description="The fleet's lineage: its newest set is the base")
+    approach: Approach = Field("update", description="How the new set is stored")
+    datasets: str | None = Field(None, description="Where the cells' new data go (default: the store URL + '-datasets')")
+    full_fraction: float = Field(0.05, ge=0, le=1, description="Share of models retrained fully")
+    partial_fraction: float = Field(0.05, ge=0, le=1, description="Share of models retrained in their last layer")
+    workers: int = Field(2, ge=0, description="Training processes per batch (0: train inside the task's worker)")
+    batches: int = Field(8, ge=1, description="How many batched training tasks a cycle is split into")
+
+
+class RecoverParameters(BaseModel):
+    """Recover a set (use case U4): rebuild its chain, recover, verify and export it."""
+
+    store: str = Field("./mmstore-data", description="Store URL")
+    set: str = Field(..., description="Set id, unique id prefix, or lineage name")
+    models: list[int] | None = Field(None, description="Model indices to recover (default: all)")
+    executor: Literal["auto", "local", "in-process"] = Field(
+        "auto", description="Where provenance replays run (auto: chosen from the recorded environment)"
+    )
+    output: str = Field("./recovered", description="Directory for one .safetensors file per model")
+
+
+class ScenarioParameters(BaseModel):
+    """The paper's sequence: U1, then `cycles` times U3, for one approach."""
+
+    store: str = Field("./mmstore-data", description="Store URL")
+    cells: int = Field(500, ge=1, description="Fleet size: one model per battery cell")
+    cycles: int = Field(3, ge=0, description="Update cycles after the initial set")
+    approach: Approach = "update"
+    seed: int = Field(0, description="Fleet seed: same seed, same models")
+    arch: Literal["ffnn48", "ffnn69"] = "ffnn48"
+    datasets: str | None = Field(None, description="Dataset location (default: the store URL + '-datasets')")
+    lineage: str | None = Field(None, description="Lineage name (default: fleet-<seed>)")

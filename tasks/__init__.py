@@ -1,0 +1,1 @@
+"""Prefect tasks: thin, batched calls into the libraries (mmstore, workloads, envs)."""
