@@ -1,5 +1,6 @@
 """Environments: fingerprints of what a computation ran with, and the comparison of two of them."""
 
-from .fingerprint import Comparison, Difference, Fingerprint, FingerprintError, capture, compare
+from .compare import Comparison, Difference, compare
+from .fingerprint import Fingerprint, FingerprintError, capture
 
 __all__ = ["Fingerprint", "Comparison", "Difference", "FingerprintError", "capture", "compare"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import os
 import uuid
-from collections.abc import Sequence
 from typing import IO, Any, Protocol
 
 import fsspec

@@ -9,6 +9,7 @@ import numpy as np
 from mmstore import ModelSet, Store
 
 from .factories import adversarial_set
+from .provenance_fleet import provenance_chain
 
 Scenario = Callable[[Store, int, int, int], tuple[list[str], list[ModelSet]]]
 
@@ -36,4 +37,8 @@ def parameter_chain(approach: str) -> Scenario:
     return scenario
 
 
-SCENARIOS: dict[str, Scenario] = {"baseline": parameter_chain("baseline"), "update": parameter_chain("update")}
+SCENARIOS: dict[str, Scenario] = {
+    "baseline": parameter_chain("baseline"),
+    "update": parameter_chain("update"),
+    "provenance": provenance_chain(),
+}

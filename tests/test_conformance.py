@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from mmstore import IntegrityError, ModelSet, NotFoundError, Store
+from mmstore import IntegrityError, NotFoundError, Store
 from mmstore.blobs import blob_key
 
 from .factories import bits_equal

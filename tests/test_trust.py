@@ -58,7 +58,7 @@ def test_trusting_a_prefix_allows_it(local_store, booby_trapped_module):
 
 def test_trusted_modules_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("MMSTORE_TRUSTED_MODULES", "pkg_a, pkg_b.sub")
-    assert Settings().allowed_prefixes() == ("workloads", "torch.nn", "pkg_a", "pkg_b.sub")
+    assert Settings().allowed_prefixes() == ("workloads", "envs", "torch.nn", "pkg_a", "pkg_b.sub")
 
 
 def test_prefix_match_is_by_dotted_component(local_store):

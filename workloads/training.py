@@ -17,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from workloads.batched import batched_forward
+from workloads.datasets import decode_arrays
 
-__all__ = ["TrainRecipe", "train", "train_stacked", "evaluate", "deterministic_torch"]
+__all__ = ["TrainRecipe", "train", "train_from_bytes", "train_stacked", "evaluate", "deterministic_torch"]
 
 
 class TrainRecipe(BaseModel):
@@ -91,6 +92,11 @@ def train(model: nn.Module, dataset: Mapping[str, np.ndarray], recipe: TrainReci
     for p in frozen:
         p.requires_grad_(True)
     return trained
+
+
+def train_from_bytes(model: nn.Module, dataset: bytes, recipe: dict) -> nn.Module:
+    """`train` on a dataset file's bytes and a recipe as plain data: the entry point provenance replays."""
+    return train(model, decode_arrays(dataset), TrainRecipe(**recipe))
 
 
 def train_stacked(

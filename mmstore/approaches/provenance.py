@@ -87,7 +87,11 @@ class Provenance:
         executor.check(stored.environment)
         base_options = {"executor": executor, "force": force, "dataset_options": dataset_options}
         rows = store.recover_rows(manifest.base, None if models is None else wanted, **base_options)
-        _replay(rows, wanted, todo, datasets, stored.recipe, store, manifest, executor)
+        if not rows.flags.writeable:
+            rows = rows.copy()
+        if todo:
+            at = np.searchsorted(wanted, [entry.model for entry in todo])
+            rows[at] = _replay(rows[at], todo, datasets, stored.recipe, store, manifest, executor)
         if models is None:
             if digest_bytes(rows) != manifest.extra["content"]:
                 raise ReproductionError(f"the replayed set {manifest.id[:12]} does not match its recorded content digest")
@@ -106,7 +110,7 @@ def _digest_table(manifest: Manifest, layout: Layout, store: StoreAccess) -> np.
     """The per-tensor digests of a set's rows, without re-training: replayed sets record theirs."""
     cached = store.cached_rows(manifest.id)
     if cached is None and manifest.approach == Provenance.name and manifest.extra.get("kind") == "replay":
-        table = _digest_table(store.manifest(manifest.base), layout, store)
+        table = _digest_table(store.manifest(manifest.base), layout, store).copy()
         names = {spec.name: t for t, spec in enumerate(layout.tensors)}
         for entry in _read_stored(manifest, store).changes.models:
             for name, digest in entry.tensors.items():
@@ -173,18 +177,14 @@ def _contains(sorted_values: np.ndarray, value: int) -> bool:
     return at < len(sorted_values) and int(sorted_values[at]) == value
 
 
-def _replay(rows, wanted, todo, datasets, recipe, store, manifest, executor) -> None:
-    """Re-train the `todo` models from their rows in `rows` (ordered like `wanted`), check and store results."""
+def _replay(start: np.ndarray, todo: list[ChangedModel], datasets: list[bytes], recipe: RecipeDocument,
+            store: StoreAccess, manifest: Manifest, executor: Executor) -> np.ndarray:
+    """Re-train the `todo` models from their `start` rows; every result is checked before it is returned."""
     doc = store.arch_document(manifest)
-    at = np.searchsorted(wanted, [entry.model for entry in todo]).astype(np.int64)
-    jobs = [
-        ReplayJob(model=e.model, row=rows[p], dataset=d, recipe=recipe.recipes[e.recipe])
-        for e, p, d in zip(todo, at, datasets)
-    ]
-    task = ReplayTask(doc.arch, doc.layout, recipe.trainer, store.settings.allowed_prefixes())
-    trained = executor.replay(task, jobs)
-    _check_results(trained, rows[at], todo, doc.layout)
-    rows[at] = trained
+    jobs = [ReplayJob(e.model, row, data, recipe.recipes[e.recipe]) for e, row, data in zip(todo, start, datasets)]
+    trained = executor.replay(ReplayTask(doc.arch, doc.layout, recipe.trainer, store.settings.allowed_prefixes()), jobs)
+    _check_results(trained, start, todo, doc.layout)
+    return trained
 
 
 def _check_results(trained: np.ndarray, start: np.ndarray, todo: list[ChangedModel], layout: Layout) -> None:
