@@ -38,29 +38,31 @@ class Update:
 
     def save(self, model_set: ModelSet, base: Manifest | None, store: StoreAccess, **options: Any) -> Encoded:
         """A delta against `base` when the policy allows, else a snapshot."""
-        digests = tensor_digests(model_set.data, model_set.layout)
         if base is None or _kind(base) == "foreign" or int(base.extra["depth"]) + 1 > store.settings.max_chain_depth:
-            return self._snapshot(model_set, digests, store)
+            return self._snapshot(model_set, tensor_digests(model_set.data, model_set.layout), store)
+        # BLAKE3 of the content runs on other threads while this one computes the digest table.
+        content = _work_pool().submit(digest_bytes, model_set.data)
+        digests = tensor_digests(model_set.data, model_set.layout)
         delta = diff(model_set.data, digests, self._digest_table(base, model_set.layout, store), model_set.layout)
         if delta.nbytes > store.settings.max_delta_fraction * model_set.nbytes:
             return self._snapshot(model_set, digests, store)
-        return self._delta(model_set, delta, base, store)
+        return self._delta(model_set, delta, base, content.result(), store)
 
     def _snapshot(self, model_set: ModelSet, digests: np.ndarray, store: StoreAccess) -> Encoded:
         params = write_snapshot(model_set, store).blobs["params"]
         table = store.blobs.put(digests)
         return Encoded(blobs={"params": params, "digests": table}, extra={"kind": "snapshot", "depth": 0, "content": params.id})
 
-    def _delta(self, model_set: ModelSet, delta: Delta, base: Manifest, store: StoreAccess) -> Encoded:
-        extra: dict[str, Any] = {"kind": "delta", "depth": int(base.extra["depth"]) + 1, "content": digest_bytes(model_set.data)}
+    def _delta(self, model_set: ModelSet, delta: Delta, base: Manifest, content: str, store: StoreAccess) -> Encoded:
+        extra: dict[str, Any] = {"kind": "delta", "depth": int(base.extra["depth"]) + 1, "content": content}
         if not delta.mask.any():
             return Encoded(extra=extra)
         base_rows = store.cached_rows(base.id)
         codec = _choose_codec(store.settings.update_codec, base_rows is not None)
-        segments = [
-            codecs.encode(v.reshape(-1), spec.itemsize, codec, _base_values(base_rows, delta.mask, t, spec))
-            for t, (spec, v) in enumerate(zip(model_set.layout.tensors, delta.values))
-        ]
+        segments = list(_work_pool().map(
+            lambda t, spec, v: codecs.encode(v.reshape(-1), spec.itemsize, codec, _base_values(base_rows, delta.mask, t, spec)),
+            range(len(delta.values)), model_set.layout.tensors, delta.values,
+        ))
         changes = np.packbits(delta.mask.reshape(-1), bitorder="little").tobytes() + delta.digests.tobytes()
         blobs = {
             "changes": store.blobs.put(zstandard.ZstdCompressor(level=3).compress(changes)),
@@ -85,7 +87,7 @@ class Update:
         chain, start = _chain(manifest, store, stop_at_cached=True)
         shape = (manifest.n_models, len(layout.tensors), DIGEST_SIZE)
         # Deltas are read, verified and decoded on worker threads while the snapshot is read.
-        pending = [_decode_pool().submit(_decode_delta, d, layout, shape, store) for d in reversed(chain) if d.blobs]
+        pending = [_work_pool().submit(_decode_delta, d, layout, shape, store) for d in reversed(chain) if d.blobs]
         data = _start_rows(start, store, wanted)
         for future in pending:
             mask, values, xor = future.result()
@@ -143,8 +145,9 @@ def _read_changes(delta: Manifest, shape: tuple[int, int, int], store: StoreAcce
 
 
 @lru_cache(maxsize=1)
-def _decode_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="mmstore-decode")
+def _work_pool() -> ThreadPoolExecutor:
+    # zstd, BLAKE3 and large numpy copies release the GIL: two threads use both cores.
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="mmstore-update")
 
 
 def _decode_delta(delta: Manifest, layout: Layout, shape, store: StoreAccess) -> tuple[np.ndarray, tuple[np.ndarray, ...], bool]:
