@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 from .approaches import get_approach
 from .backend import Backend, open_backend
 from .blobs import BlobRef, BlobStore
+from .digest import digest_bytes
 from .errors import ArchitectureError, ConflictError, InUseError, IntegrityError, MMStoreError, NotFoundError
 from .manifest import ArchDocument, Manifest, canonical_json
 from .modelset import ModelSet
@@ -84,12 +85,10 @@ class Store:
         head = self._lineage_head(lineage)
         base_id = self.resolve(base) if base else head
         base_manifest = self.manifest(base_id) if base_id else None
-        arch_ref = self._put_arch(model_set)
-        if base_manifest is not None and base_manifest.arch.id != arch_ref.id:
-            raise ArchitectureError(
-                f"the set has another architecture or layout than its base {base_id[:12]}; "
-                "start a new lineage for a new architecture"
-            )
+        arch_doc = canonical_json(ArchDocument(arch=model_set.arch, layout=model_set.layout))
+        if base_manifest is not None and digest_bytes(arch_doc) != base_manifest.arch.id:
+            self._check_same_architecture(model_set, base_manifest)
+        arch_ref = self.blobs.put(arch_doc)
         encoded = get_approach(approach).save(model_set, base_manifest, self, **options)
         manifest = Manifest(
             approach=approach,
@@ -103,8 +102,14 @@ class Store:
             self._move_lineage(lineage, head, set_id)
         return set_id
 
-    def _put_arch(self, model_set: ModelSet) -> BlobRef:
-        return self.blobs.put(canonical_json(ArchDocument(arch=model_set.arch, layout=model_set.layout)))
+    def _check_same_architecture(self, model_set: ModelSet, base: Manifest) -> None:
+        # The source digest may change with harmless edits; the factory, kwargs and layout may not.
+        doc = self.arch_document(base)
+        if (doc.arch.factory, doc.arch.kwargs, doc.layout) != (model_set.arch.factory, model_set.arch.kwargs, model_set.layout):
+            raise ArchitectureError(
+                f"the set has another architecture or layout than its base {base.id[:12]}; "
+                "start a new lineage for a new architecture"
+            )
 
     def _lineage_head(self, lineage: str | None) -> str | None:
         if lineage is None:

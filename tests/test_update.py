@@ -159,3 +159,11 @@ def test_deleting_a_base_is_refused(local_store, small_fleet):
     assert local_store.resolve("f") == base_id
     assert [i.id for i in local_store.list()] == [base_id]
     assert local_store.recover(base_id).equals(small_fleet)
+
+
+def test_changed_factory_source_is_not_another_architecture(local_store, small_fleet):
+    base_id = local_store.save(small_fleet, approach="update", lineage="f")
+    edited = ModelSet(small_fleet.arch.model_copy(update={"source_digest": "0" * 64}), small_fleet.layout, small_fleet.data)
+    derived = local_store.save(_changed(edited, [1], 0, seed=3), approach="update", lineage="f")
+    assert local_store.manifest(derived).base == base_id
+    assert local_store.manifest(derived).extra["kind"] == "delta"
