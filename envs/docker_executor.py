@@ -17,7 +17,8 @@ import numpy as np
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
-from envs.fingerprint import NUMERIC_ENV_VARS, Fingerprint, capture, compare
+from envs.compare import compare
+from envs.fingerprint import NUMERIC_ENV_VARS, Fingerprint, capture
 from envs.replay_worker import read_result, write_work
 from mmstore.errors import EnvironmentMismatchError, MMStoreError, NotFoundError
 from mmstore.replay import ReplayJob, ReplayTask

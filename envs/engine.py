@@ -8,7 +8,6 @@ trusts without TLS, and gives pushed images real `repo@sha256:` digests.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -120,5 +119,5 @@ def start_registry(root: Path, port: int | None = None, timeout: float = 30) -> 
     log = root / "registry.log"
     with open(log, "wb") as out:
         process = subprocess.Popen([_program("docker-registry"), "serve", str(config)], stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ})
+                                   stderr=subprocess.STDOUT, start_new_session=True)
     return _wait(Daemon(process, f"127.0.0.1:{port}", log), lambda: _listens(port), "docker-registry", timeout)

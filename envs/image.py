@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -33,7 +34,12 @@ PROJECT_PACKAGES = ("mmstore", "envs", "workloads")
 REPLAY_DISTRIBUTIONS = ("torch", "numpy", "pydantic", "pydantic-settings", "blake3", "zstandard", "xxhash",
                         "safetensors", "fsspec", "rich")
 SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
-_SKIP = re.compile(r"(^|/)(test|tests|idlelib|tkinter|ensurepip|site-packages)$")
+# Shared libraries the interpreter's extension modules and torch link that minbase lacks.
+DEBIAN_PACKAGES = ("libffi8", "libssl3", "libsqlite3-0", "libreadline8", "libncursesw6", "libexpat1", "libbz2-1.0",
+                   "liblzma5", "zlib1g", "libstdc++6", "libgomp1", "libuuid1")
+# Left out of the image: test suites, C headers and tools nothing imports, Debian's docs and package cache.
+_SKIP = re.compile(r"(^|/)(test|tests|idlelib|tkinter|ensurepip|site-packages)$|(^|/)torch/include$")
+_SKIP_DEBIAN = re.compile(r"^\./(usr/share/(doc|man|locale|info)/.|var/cache/apt/archives/.*\.deb$|var/lib/apt/lists/.)")
 
 
 def _run(command: list[str], what: str) -> None:
@@ -44,11 +50,13 @@ def _run(command: list[str], what: str) -> None:
 
 def debian_tar(build: Path) -> Path:
     """The cached Debian minbase root file system as a tarball, made with debootstrap on first use."""
-    out = build / f"replay-debian-{SUITE}.tar"
+    out = build / f"replay-debian-{SUITE}-{digest_bytes(' '.join(DEBIAN_PACKAGES).encode())[:8]}.tar"
     if not out.exists():
         with tempfile.TemporaryDirectory(dir=build) as tmp:
             root = Path(tmp) / "root"
-            _run(["debootstrap", "--variant=minbase", SUITE, str(root), MIRROR], "debootstrap")
+            include = f"--include={','.join(DEBIAN_PACKAGES)}"
+            debootstrap = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
+            _run([debootstrap, "--variant=minbase", include, SUITE, str(root), MIRROR], "debootstrap")
             _run(["tar", "-C", str(root), "-cf", f"{out}.part", "."], "packing the root file system")
         Path(f"{out}.part").rename(out)
     return out
@@ -78,22 +86,28 @@ def rootfs_tar(build: Path, distributions: tuple[str, ...] = REPLAY_DISTRIBUTION
     """The cached root file system with this interpreter and the replay's packages added at their host paths."""
     dists = _closure(distributions)
     pins = "\n".join(f"{d.metadata['Name']}=={d.version}" for d in dists)
-    key = digest_bytes(f"{sys.version}\n{sys.base_prefix}\n{pins}".encode())[:16]
+    key = digest_bytes(f"{sys.version}\n{sys.base_prefix}\n{pins}\n{_SKIP.pattern}\n{_SKIP_DEBIAN.pattern}".encode())[:16]
     out = build / f"replay-rootfs-{key}.tar"
     if out.exists():
         return out
     part = Path(f"{out}.part")
-    part.write_bytes(b"")
-    _run(["cp", "--reflink=auto", str(debian_tar(build)), str(part)], "copying the root file system")
     site = Path(sysconfig.get_paths()["purelib"])
     prefix = Path(sys.base_prefix)
     image_site = prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-    with tarfile.open(part, "a") as tar:
+    with tarfile.open(part, "w") as tar:
+        _copy_debian(debian_tar(build), tar)
         tar.add(prefix, arcname=str(prefix).lstrip("/"), filter=_skip)
         for name in sorted(set().union(*map(_top_level, dists))):
-            tar.add(site / name, arcname=str(image_site / name).lstrip("/"))
+            tar.add(site / name, arcname=str(image_site / name).lstrip("/"), filter=_skip)
     part.rename(out)
     return out
+
+
+def _copy_debian(source: Path, tar: tarfile.TarFile) -> None:
+    with tarfile.open(source) as debian:
+        for info in debian:
+            if not _SKIP_DEBIAN.match(info.name):
+                tar.addfile(info, debian.extractfile(info) if info.isreg() else None)
 
 
 def _skip(info: tarfile.TarInfo) -> tarfile.TarInfo | None:

@@ -30,8 +30,9 @@ class RecoverParameters(BaseModel):
     store: str = Field("./mmstore-data", description="Store URL")
     set: str = Field(..., description="Set id, unique id prefix, or lineage name")
     models: list[int] | None = Field(None, description="Model indices to recover (default: all)")
-    executor: Literal["auto", "local", "in-process"] = Field(
-        "auto", description="Where provenance replays run (auto: chosen from the recorded environment)"
+    executor: Literal["auto", "local", "docker", "in-process"] = Field(
+        "auto", description="Where provenance replays run (auto: here when this environment is compatible with the "
+        "recorded one, else in the pinned image the set was trained in)"
     )
     output: str = Field("./recovered", description="Directory for one .safetensors file per model")
 

@@ -20,7 +20,7 @@ def recover_model_set(params: RecoverParameters) -> dict:
     start = time.perf_counter()
     set_id = resolve_set(params.store, params.set)
     chain = resolve_chain(params.store, set_id)
-    executor = choose_executor(params.executor)
+    executor = choose_executor(params.executor, params.store, set_id)
     model_set = recover_set(params.store, set_id, params.models, executor)
     verified = verify_set(params.store, set_id)
     files = export_set(model_set, params.output, set_id, params.models)

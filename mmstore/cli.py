@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import probe_cli
+from .arch import import_trusted
 from .errors import MMStoreError
 from .settings import Settings
 from .store import SetInfo, Store
@@ -98,9 +99,17 @@ def cmd_export(store: Store, args: argparse.Namespace) -> None:
 
     set_id = store.resolve(args.set)
     models = [int(x) for x in args.models.split(",")] if args.models else None
-    model_set = store.recover(set_id, models)
+    model_set = store.recover(set_id, models, executor=_executor(store, set_id, args.executor))
     paths = export_safetensors(model_set, args.out, set_id, models, lambda items: progress(items, "exporting"))
     _emit(args, {"set": set_id, "files": paths}, lambda d: print(f"wrote {len(d['files'])} files to {args.out}"))
+
+
+def _executor(store: Store, set_id: str, name: str) -> Any:
+    # Only replays need an executor; the chooser is an import path resolved through the allow-list.
+    if store.manifest(set_id).approach != "provenance":
+        return None
+    choose = import_trusted(store.settings.executor_chooser, store.settings.allowed_prefixes(), "executor chooser")
+    return choose(name, store, set_id)
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -121,6 +130,9 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     export = sub.choices["export"]
     export.add_argument("--out", required=True, help="directory to write the files into")
     export.add_argument("--models", help="comma-separated model indices (default: all)")
+    export.add_argument("--executor", choices=("auto", "local", "docker", "in-process"), default="auto",
+                        help="where provenance replays run (auto: here if this environment is compatible with the "
+                        "recorded one, else in the pinned image the set was trained in)")
     probe_cli.register(sub, common)
     return parser
 

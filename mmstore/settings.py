@@ -32,6 +32,10 @@ class Settings(BaseSettings):
         "envs.executors:LocalExecutor",
         description="Provenance approach: the executor class that replays training when none is passed (a trusted import path).",
     )
+    executor_chooser: str = Field(
+        "envs.choice:choose",
+        description="Provenance approach: picks the executor for the CLI's --executor choice (a trusted import path).",
+    )
     cache_sets: int = Field(4, ge=0, description="How many recently materialised sets a store keeps in memory.")
 
     @field_validator("trusted_modules", mode="before")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 from prefect import task
 
+from envs.choice import choose
 from envs.executors import LocalExecutor
 from envs.fingerprint import capture
-from mmstore import ModelSet
+from mmstore import ModelSet, Store
 from mmstore.replay import Executor, InProcessExecutor, ReplayJob, ReplayTask, run_jobs
 from workloads.datasets import encode_arrays
 
@@ -23,9 +24,11 @@ def train_batch(spec: ReplayTask, jobs: list[ReplayJob], workers: int) -> np.nda
 
 
 @task(name="choose-executor")
-def choose_executor(name: str) -> Executor | None:
-    """The replay executor asked for; None lets the store pick its configured default."""
-    return {"auto": None, "local": LocalExecutor(), "in-process": InProcessExecutor()}[name]
+def choose_executor(name: str, store: str | None = None, set_id: str | None = None) -> Executor | None:
+    """The replay executor asked for; "auto" and "docker" decide by the set's recorded fingerprint."""
+    if store is None or set_id is None:
+        return {"auto": None, "local": LocalExecutor(), "in-process": InProcessExecutor()}[name]
+    return choose(name, Store.open(store), set_id)
 
 
 @task(name="fingerprint")
