@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -20,7 +21,10 @@ import torch
 from mmstore import ArchSpec, ModelSet
 from mmstore.layout import Layout
 
-__all__ = ["median_time", "random_fleet", "scratch_dir", "write_results", "machine", "dir_bytes", "fsync_file"]
+__all__ = [
+    "median_time", "timed", "random_fleet", "scratch_dir", "write_results", "write_csv", "machine", "dir_bytes",
+    "fsync_file", "write_durably", "RESULTS",
+]
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
@@ -36,6 +40,13 @@ def median_time(run: Callable[[], Any], repeats: int = 5, setup: Callable[[], An
         if i:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def timed(run: Callable[[], Any]) -> tuple[float, Any]:
+    """Wall time of one call of `run`, and its result."""
+    start = time.perf_counter()
+    result = run()
+    return time.perf_counter() - start, result
 
 
 def random_fleet(n: int, module_cls: type[torch.nn.Module], seed: int = 0) -> ModelSet:
@@ -67,6 +78,14 @@ def fsync_file(path: str | Path) -> None:
         os.close(fd)
 
 
+def write_durably(path: str | Path, data: bytes) -> None:
+    """Write a new file and fsync it before returning, as a durable save must."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def dir_bytes(path: Path) -> int:
     """Total size of the files below `path`."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -84,4 +103,15 @@ def write_results(name: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **data}, indent=2) + "\n")
+    return path
+
+
+def write_csv(name: str, rows: list[dict[str, Any]]) -> Path:
+    """Write result rows (one dict each, same keys) as CSV under docs/results/."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
     return path
