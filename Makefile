@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 STORE ?= ./mmstore-data
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean replay_image ui worker
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,27 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
+# The pinned replay image from local material, on a private dockerd and a registry on 127.0.0.1:5000.
+replay_image: $(STAMP)
+	PYTHON=$(VENV)/bin/python envs/replay_image/build-offline.sh
+
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.baseline
 
 clean:
 	rm -rf $(VENV) $(STORE) $(STORE)-datasets
+
+# Prefect: `make ui` serves a local server and its UI; `make worker` deploys prefect.yaml to the server at
+# PREFECT_API_URL and runs the deployments' flows on this machine, from this checkout.
+PREFECT := DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/prefect
+PREFECT_PORT ?= 4200
+PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+POOL ?= mmstore-process
+
+ui: $(STAMP)
+	$(PREFECT) server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+worker: $(STAMP)
+	export PREFECT_API_URL=$(PREFECT_API_URL) PWD=$(CURDIR); \
+	$(PREFECT) work-pool inspect $(POOL) >/dev/null 2>&1 || $(PREFECT) work-pool create $(POOL) --type process; \
+	$(PREFECT) --no-prompt deploy --all && $(PREFECT) worker start --pool $(POOL)

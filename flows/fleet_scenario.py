@@ -21,7 +21,8 @@ from tasks.fleet import initial_models
 __all__ = ["fleet_scenario", "main"]
 
 
-@flow(name="fleet-scenario", validate_parameters=False)
+# Parameters are validated: deployments pass them as JSON, which validation turns into ScenarioParameters.
+@flow(name="fleet-scenario")
 def fleet_scenario(params: ScenarioParameters = ScenarioParameters()) -> dict:
     """U1 then `cycles` x U3; returns the ids of the sets it created, oldest first."""
     lineage = params.lineage or f"fleet-{params.seed}"

@@ -33,7 +33,8 @@ def recipes_for(arch: str, cycle: int) -> dict[str, dict]:
             for name, trainable in (("full", None), ("partial", last))}
 
 
-@flow(name="fleet-update", validate_parameters=False)
+# Parameters are validated: deployments pass them as JSON, which validation turns into FleetUpdateParameters.
+@flow(name="fleet-update")
 def fleet_update(params: FleetUpdateParameters = FleetUpdateParameters(), current: tuple[str, dict, ModelSet] | None = None) -> dict:
     """Retrain the drifted models of the lineage's newest set and save the new version."""
     base_id, meta, base = current or load_set(params.store, params.lineage)

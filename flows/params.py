@@ -15,7 +15,7 @@ class FleetUpdateParameters(BaseModel):
     """One update cycle (use case U3) of a fleet's lineage."""
 
     store: str = Field("./mmstore-data", description="Store URL: a directory, file://, or s3://bucket/prefix")
-    lineage: str = Field("fleet", description="The fleet's lineage: its newest set is the base")
+    lineage: str = Field("fleet-0", description="The fleet's lineage (fleet-<seed>): its newest set is the base")
     approach: Approach = Field("update", description="How the new set is stored")
     datasets: str | None = Field(None, description="Where the cells' new data go (default: the store URL + '-datasets')")
     full_fraction: float = Field(0.05, ge=0, le=1, description="Share of models retrained fully")
