@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 STORE ?= ./mmstore-data
 
-.PHONY: demo test bench clean replay_image ui worker
+.PHONY: demo test bench evaluation clean replay_image ui worker
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,14 @@ test: $(STAMP)
 replay_image: $(STAMP)
 	PYTHON=$(VENV)/bin/python envs/replay_image/build-offline.sh
 
+# The bars of each approach (a few minutes), and the paper's full evaluation with plots (see docs/benchmarks.md).
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.baseline
+	$(VENV)/bin/python -m bench.update
+	$(VENV)/bin/python -m bench.provenance
+
+evaluation: $(STAMP)
+	$(VENV)/bin/python -m bench.evaluation --models 5000 --repeats 5
 
 clean:
 	rm -rf $(VENV) $(STORE) $(STORE)-datasets
