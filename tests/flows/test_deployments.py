@@ -136,7 +136,7 @@ def test_recover_deployment_runs_on_the_worker(server, deployments, worker, s3_o
     url, _ = server
     store_url, output = f"s3://{make_s3_bucket(s3_options)}/cells", tmp_path / "recovered"
     set_id, models = initial_store(store_url, **s3_options)
-    params = {"store": store_url, "set": "fleet", "models": [3, 11], "output": str(output)}
+    params = {"store": store_url, "set": "fleet-0", "models": [3, 11], "output": str(output)}
     # As the UI's Run form does: create a flow run of the deployment and let the worker pick it up.
     with temporary_settings({PREFECT_API_URL: f"{url}/api"}):
         run = run_deployment(name=f"{RECOVER}/{RECOVER}", parameters={"params": params}, timeout=240, poll_interval=2)

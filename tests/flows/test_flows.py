@@ -81,6 +81,6 @@ def test_fleet_update_on_dask_trains_the_same_models(tmp_path):
         cluster_kwargs={"n_workers": 2, "processes": True, "threads_per_worker": 1, "dashboard_address": None},
     ))(FleetUpdateParameters(store=str(tmp_path / "dask"), workers=0))
     assert on_dask["model_set"].equals(local["model_set"]), "same base, same seed: the same models"
-    recovered = Store.open(str(tmp_path / "dask")).recover("fleet")
-    assert recovered.equals(Store.open(str(tmp_path / "local")).recover("fleet"))
+    recovered = Store.open(str(tmp_path / "dask")).recover("fleet-0")
+    assert recovered.equals(Store.open(str(tmp_path / "local")).recover("fleet-0"))
     assert 0 < int((recovered.data != base.data).any(axis=1).sum()) <= CELLS // 5
