@@ -91,7 +91,6 @@ def main() -> None:
     result = {
         "models": args.models, "cycles": args.cycles, "per_cycle": rows,
         "codecs_cycle1": codec_sizes(sets[0], sets[1]),
-        "raw_changed_bytes_cycle1": int(np.count_nonzero(sets[1].data != sets[0].data, axis=0).size and 0),
         "max_cycle_bytes": max(r["bytes"] for r in cycles),
         "save_ratio_max": max(r["save_update_s"] / r["save_snapshot_s"] for r in cycles),
         "save_ratio_median": float(np.median([r["save_update_s"] / r["save_snapshot_s"] for r in cycles])),
