@@ -19,7 +19,7 @@ def save_model_set(
     """Save a set against its base; the manifest write is the commit."""
     digests = hash_set(model_set)
     changed = diff_sets(digests, hash_set(base_set) if base_set is not None else None)
-    saved = persist(store, model_set, approach, base, lineage, meta or {}, provenance)
+    saved = persist(store, model_set, approach, base, lineage, meta or {}, provenance, base_set)
     create_table_artifact(
         [{"set": saved["id"][:12], "approach": approach, "kind": saved["kind"], "bytes": saved["bytes"],
           "changed models": changed["models"], "changed tensors": changed["tensors"]}],

@@ -122,14 +122,15 @@ class ModelSet:
 
     def _bind(self, data: np.ndarray) -> list[torch.nn.Module]:
         template = self.template()
-        views = _aligned_copies(data, self.layout)
+        # One unbind per tensor yields every model's view in C++, not one indexing call per model.
+        per_model = [view.unbind(0) for view in _aligned_copies(data, self.layout).values()]
         slots = [_slot(template, spec) for spec in self.layout.tensors]
         modules = []
         for i in range(data.shape[0]):
             clone, owners = _clone_structure(template)
-            for (path, leaf, is_param, requires_grad), spec in zip(slots, self.layout.tensors):
+            for (path, leaf, is_param, requires_grad), tensors in zip(slots, per_model):
                 owner = owners[path]
-                tensor = views[spec.name][i]
+                tensor = tensors[i]
                 if is_param:
                     owner._parameters[leaf] = torch.nn.Parameter(tensor, requires_grad=requires_grad)
                 else:

@@ -202,6 +202,15 @@ class Store:
             while len(self._materialised) > self.settings.cache_sets:
                 self._materialised.popitem(last=False)
 
+    def keep(self, set_id: str, model_set: ModelSet) -> None:
+        """Hold a set the caller has in memory (checked against its content digest) for deltas against it."""
+        set_id = self.resolve(set_id)
+        manifest = self.manifest(set_id)
+        content = manifest.extra.get("content") or manifest.blobs["params"].id
+        if len(model_set) != manifest.n_models or digest_bytes(model_set.data) != content:
+            raise IntegrityError(f"the models given are not the content of set {set_id[:12]}; pass that set's models")
+        self.remember(set_id, model_set.data)
+
     def recover_rows(self, set_id: str, models: Sequence[int] | None = None, **options: Any) -> np.ndarray:
         """The (n, row) bytes of a set, or only of the given model indices."""
         manifest = self.manifest(set_id)

@@ -43,9 +43,11 @@ def diff_sets(digests: np.ndarray, base_digests: np.ndarray | None) -> dict[str,
 
 @task(name="persist")
 def persist(store_url: str, model_set: ModelSet, approach: str, base: str | None, lineage: str | None,
-            meta: dict, provenance: ProvenanceRecord | None = None) -> dict:
+            meta: dict, provenance: ProvenanceRecord | None = None, base_set: ModelSet | None = None) -> dict:
     """Save the set (the manifest write is the commit) and report its id and size."""
     store = Store.open(store_url)
+    if base and base_set is not None:
+        store.keep(base, base_set)  # the base's values at hand: deltas are XOR-coded
     options = {"provenance": provenance} if approach == "provenance" else {}
     set_id = store.save(model_set, approach=approach, base=base, lineage=lineage, meta=meta, **options)
     return {"id": set_id, "bytes": store.size(set_id), "kind": store.manifest(set_id).extra.get("kind", approach)}

@@ -167,3 +167,15 @@ def test_changed_factory_source_is_not_another_architecture(local_store, small_f
     derived = local_store.save(_changed(edited, [1], 0, seed=3), approach="update", lineage="f")
     assert local_store.manifest(derived).base == base_id
     assert local_store.manifest(derived).extra["kind"] == "delta"
+
+
+def test_keep_checks_the_models_then_enables_xor_deltas(local_store, small_fleet):
+    base_id = local_store.save(small_fleet, approach="update", lineage="f")
+    fresh = Store.open(local_store.url, SETTINGS)
+    with pytest.raises(IntegrityError, match="not the content"):
+        fresh.keep(base_id, random_rows(small_fleet, seed=11))
+    fresh.keep(base_id, small_fleet)
+    changed = _changed(small_fleet, [4, 9], 1, seed=6)
+    set_id = fresh.save(changed, approach="update", lineage="f")
+    assert fresh.manifest(set_id).extra["codec"] == "xor-group-zstd"
+    assert Store.open(local_store.url, SETTINGS).recover(set_id).equals(changed)
