@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -37,12 +38,15 @@ def _context() -> multiprocessing.context.BaseContext:
 
 # Pools live as long as the process: their workers import torch and the trainer once, not per recovery.
 _POOLS: dict[int, ProcessPoolExecutor] = {}
+# Training tasks run on several threads at once; without the lock each would start its own pool.
+_POOLS_LOCK = threading.Lock()
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
-    if workers not in _POOLS:
-        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_single_threaded)
-    return _POOLS[workers]
+    with _POOLS_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_single_threaded)
+        return _POOLS[workers]
 
 
 def shutdown() -> None:
