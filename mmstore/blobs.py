@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from typing import Annotated
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from .backend import Backend
 from .digest import CHUNK_SIZE, chunk_digest_future, chunk_digests, chunk_ranges, root_digest
-from .errors import IntegrityError, NotFoundError
+from .errors import FormatError, IntegrityError, NotFoundError, ResourceLimitError
 
-__all__ = ["BlobRef", "BlobStore"]
+__all__ = ["Hex64", "BlobRef", "BlobStore", "blob_key", "check_id"]
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_MAX_BLOB = 1 << 48
+
+
+def _hex64(value: str) -> str:
+    if not _HEX64.fullmatch(value):
+        raise ValueError("not a digest (64 lowercase hex characters)")
+    return value
+
+
+# Checked with fullmatch, whichever regex engine the enclosing model uses.
+Hex64 = Annotated[str, AfterValidator(_hex64)]
+
+
+def check_id(value: str, what: str = "id") -> str:
+    """`value` if it is 64 lowercase hex characters (a digest), else FormatError: ids never become odd paths."""
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+        raise FormatError(f"{what} {str(value)[:80]!r} is not a digest (64 lowercase hex characters)")
+    return value
 
 
 class BlobRef(BaseModel):
@@ -19,21 +41,30 @@ class BlobRef(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str
-    size: int
-    chunks: tuple[str, ...] = ()
+    id: Hex64
+    size: int = Field(ge=0, le=_MAX_BLOB)
+    chunks: tuple[Hex64, ...] = ()
+
+    @model_validator(mode="after")
+    def _chunk_count(self) -> "BlobRef":
+        count = max(1, -(-self.size // CHUNK_SIZE))
+        if (count > 1 and len(self.chunks) != count) or (count == 1 and self.chunks):
+            raise ValueError(f"a blob of {self.size} bytes has {count} chunk(s), not {len(self.chunks) or 1}")
+        return self
 
 
 def blob_key(blob_id: str) -> str:
     """Where a blob lives below the store's root."""
+    check_id(blob_id, "blob id")
     return f"blobs/{blob_id[:2]}/{blob_id[2:]}"
 
 
 class BlobStore:
     """Blobs on a backend, named by the Merkle root of their chunks."""
 
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend, max_bytes: int = _MAX_BLOB):
         self.backend = backend
+        self.max_bytes = max_bytes
 
     def put(self, data: bytes | memoryview | np.ndarray) -> BlobRef:
         """Store `data` (once: an existing blob with the same digest is reused) and return its ref."""
@@ -49,10 +80,11 @@ class BlobStore:
 
     def get(self, ref: BlobRef) -> np.ndarray:
         """The blob's bytes as a uint8 array, verified chunk by chunk while reading."""
-        out = np.empty(ref.size, dtype=np.uint8)
-        view = memoryview(out)
+        self._check_limit(ref.size, ref)
         ranges = chunk_ranges(ref.size)
         with self._open(ref) as f:
+            out = np.empty(ref.size, dtype=np.uint8)
+            view = memoryview(out)
             pending = []
             for start, stop in ranges:
                 _read_exactly(f, view[start:stop], ref)
@@ -89,13 +121,28 @@ class BlobStore:
         """Bytes the blob occupies in the backend."""
         return self.backend.size(blob_key(blob_id))
 
+    def _check_limit(self, size: int, ref: BlobRef) -> None:
+        if size > self.max_bytes:
+            raise ResourceLimitError(
+                f"blob {ref.id[:12]} is recorded as {size} bytes, more than the limit of {self.max_bytes}; "
+                "raise MMSTORE_MAX_SET_BYTES if you trust this store"
+            )
+
     def _open(self, ref: BlobRef):
+        """The blob's file, after checking its stored size against the recorded one: nothing is allocated before."""
+        key = blob_key(ref.id)
         try:
-            return self.backend.open(blob_key(ref.id))
+            stored = self.backend.size(key)
         except NotFoundError:
             raise NotFoundError(
                 f"blob {ref.id} is missing from {self.backend.url}; the store is damaged: restore it from a backup"
             ) from None
+        if stored != ref.size:
+            raise IntegrityError(
+                f"blob {ref.id[:12]} is truncated or corrupt: it holds {stored} bytes, its reference says "
+                f"{ref.size}; run `mmstore verify` and restore the store from a backup"
+            )
+        return self.backend.open(key)
 
     @staticmethod
     def _check(digests: list[bytes], chunk_ids: list[int], ref: BlobRef) -> None:

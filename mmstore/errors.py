@@ -12,6 +12,13 @@ __all__ = [
     "TrainerChangedError",
     "DatasetError",
     "EnvironmentMismatchError",
+    "FormatError",
+    "NewerFormatError",
+    "ResourceLimitError",
+    "UnknownPluginError",
+    "UnknownApproachError",
+    "UnknownCodecError",
+    "UnknownExecutorError",
 ]
 
 
@@ -61,3 +68,57 @@ class DatasetError(MMStoreError, ValueError):
 
 class EnvironmentMismatchError(MMStoreError):
     """The environment a replay would run in differs from the recorded one in ways that change bits."""
+
+
+class FormatError(IntegrityError):
+    """A stored document does not parse, or breaks an invariant of its format: the store was forged or damaged."""
+
+
+class NewerFormatError(MMStoreError):
+    """A stored document was written by a newer mmstore in a format this one cannot read."""
+
+
+class ResourceLimitError(MMStoreError, MemoryError):
+    """Stored data asks for more memory or bytes than the configured limits allow."""
+
+
+class UnknownPluginError(MMStoreError, KeyError):
+    """A name that no registered approach, codec or executor has."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownApproachError(UnknownPluginError):
+    """An approach name that is not registered."""
+
+
+class UnknownCodecError(UnknownPluginError):
+    """A codec name that is not registered."""
+
+
+class UnknownExecutorError(UnknownPluginError):
+    """A replay executor name that is not registered."""
+
+
+__all__ += ["StoreURLError", "StorageError", "StoreUnreachableError", "AccessDeniedError", "OutputError"]
+
+
+class StoreURLError(MMStoreError, ValueError):
+    """A store URL that names nothing mmstore can open: an unknown scheme, a web address, a file."""
+
+
+class StorageError(MMStoreError, OSError):
+    """Reading or writing the store's storage failed: a full or read-only disk, an I/O error."""
+
+
+class StoreUnreachableError(StorageError, ConnectionError):
+    """The object store endpoint holding the store cannot be reached."""
+
+
+class AccessDeniedError(StorageError, PermissionError):
+    """The store's storage refused access: missing or wrong credentials, file permissions."""
+
+
+class OutputError(MMStoreError, OSError):
+    """A file mmstore was asked to write outside the store cannot be written."""

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing import Annotated, Literal
+from typing import Annotated
+
+from .plugins import EXECUTORS, installed_trusted_modules
 
 __all__ = ["Settings", "DEFAULT_TRUSTED_MODULES"]
 
-DEFAULT_TRUSTED_MODULES = ("workloads", "envs", "torch.nn")
+# The library vouches only for PyTorch's own layers; applications name their packages (see `allowed_prefixes`).
+DEFAULT_TRUSTED_MODULES = ("torch.nn",)
 
 
 class Settings(BaseSettings):
@@ -25,26 +28,53 @@ class Settings(BaseSettings):
     max_delta_fraction: float = Field(
         0.5, gt=0, le=1, description="Update approach: snapshot when a delta exceeds this share of a snapshot."
     )
-    update_codec: Literal["auto", "raw", "group-zstd", "xor-group-zstd"] = Field(
-        "auto", description="Update approach: how changed bytes are encoded (auto: XOR when the base is at hand)."
+    update_codec: str = Field(
+        "auto", description="Update approach: a registered codec for changed bytes (auto: XOR when the base is at hand)."
     )
     replay_executor: str = Field(
-        "envs.executors:LocalExecutor",
-        description="Provenance approach: the executor class that replays training when none is passed (a trusted import path).",
+        "auto", description="Provenance approach: the registered executor that replays training when none is given."
     )
-    executor_chooser: str = Field(
-        "envs.choice:choose",
-        description="Provenance approach: picks the executor for the CLI's --executor choice (a trusted import path).",
+    trust_installed: bool = Field(
+        True, description="Also trust the packages installed distributions vouch for (entry points `mmstore.trusted_modules`)."
+    )
+    max_set_bytes: int = Field(
+        4 << 30, ge=0, description="Largest set (or stored object) a reader allocates memory for, in bytes."
     )
     cache_sets: int = Field(4, ge=0, description="How many recently materialised sets a store keeps in memory.")
+    dataset_roots: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Provenance approach: the locations (paths, file://, memory://, s3:// prefixes, comma separated) "
+        "datasets may be read from; empty: only the store URL + '-datasets'.",
+    )
+    max_dataset_bytes: int = Field(1 << 30, ge=0, description="Provenance approach: the largest dataset a record may name.")
+    replay_images: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Docker replay: the registry/repository names (comma separated) whose images may replay a set; "
+        "empty: none.",
+    )
 
-    @field_validator("trusted_modules", mode="before")
+    @field_validator("trusted_modules", "dataset_roots", "replay_images", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    @field_validator("update_codec")
+    @classmethod
+    def _known_codec(cls, value: str) -> str:
+        from .codecs import CODECS
+
+        if value != "auto" and value not in CODECS:
+            raise ValueError(f"unknown codec {value!r}; choose auto or one of {', '.join(CODECS.names())}")
+        return value
+
+    @field_validator("replay_executor")
+    @classmethod
+    def _known_executor(cls, value: str) -> str:
+        if value not in EXECUTORS:
+            raise ValueError(f"unknown replay executor {value!r}; choose one of {', '.join(EXECUTORS.names())}")
+        return value
+
     def allowed_prefixes(self) -> tuple[str, ...]:
-        """Module prefixes from which architecture factories may be imported."""
-        return DEFAULT_TRUSTED_MODULES + tuple(self.trusted_modules)
+        """Module prefixes from which architecture factories and trainers may be imported."""
+        installed = installed_trusted_modules() if self.trust_installed else ()
+        return DEFAULT_TRUSTED_MODULES + installed + tuple(self.trusted_modules)

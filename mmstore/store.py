@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -11,18 +12,26 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, JsonValue
 
-from .approaches import get_approach
+from .approaches import RecoveryContext, get_approach
 from .backend import Backend, open_backend
-from .blobs import BlobRef, BlobStore
+from .blobs import BlobRef, BlobStore, check_id
 from .digest import digest_bytes
-from .errors import ArchitectureError, ConflictError, InUseError, IntegrityError, MMStoreError, NotFoundError
-from .manifest import ArchDocument, Manifest, canonical_json
+from .errors import (
+    ArchitectureError, ConflictError, FormatError, InUseError, IntegrityError, MMStoreError, NewerFormatError,
+    NotFoundError, ResourceLimitError,
+)
+from .manifest import (
+    FORMAT_VERSION, LINEAGE_PATTERN, MAX_DOCUMENT_BYTES, ArchDocument, Manifest, canonical_json, parse_document, parse_json,
+)
 from .modelset import ModelSet
 from .settings import Settings
 
-__all__ = ["Store", "SetInfo"]
+__all__ = ["Store", "SetInfo", "RecoveryContext"]
 
-_LINEAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_LINEAGE = re.compile(LINEAGE_PATTERN)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# Written by the first save: tells a store from any other directory, and which format wrote it.
+_MARKER = "mmstore.json"
 
 
 def _utc_now() -> str:
@@ -49,14 +58,16 @@ class Store:
     def __init__(self, backend: Backend, settings: Settings | None = None, clock: Callable[[], str] = _utc_now):
         self.backend = backend
         self.settings = settings or Settings()
-        self.blobs = BlobStore(backend)
+        self.blobs = BlobStore(backend, self.settings.max_set_bytes)
         self._clock = clock
         self._manifests: dict[str, Manifest] = {}
+        self._arch_docs: dict[str, ArchDocument] = {}
+        self._is_store = False
         self._materialised: OrderedDict[str, np.ndarray] = OrderedDict()
 
     @classmethod
     def open(cls, url: str, settings: Settings | None = None, **storage_options: Any) -> "Store":
-        """Open (creating if needed) the store at `url`; storage options go to fsspec."""
+        """The store at `url` (created by its first save; nothing is written before); options go to fsspec."""
         settings = settings or Settings()
         return cls(open_backend(str(url), settings.durable, **storage_options), settings)
 
@@ -88,12 +99,12 @@ class Store:
         arch_doc = canonical_json(ArchDocument(arch=model_set.arch, layout=model_set.layout))
         if base_manifest is not None and digest_bytes(arch_doc) != base_manifest.arch.id:
             self._check_same_architecture(model_set, base_manifest)
+        self._mark_store()
         arch_ref = self.blobs.put(arch_doc)
         encoded = get_approach(approach).save(model_set, base_manifest, self, **options)
         manifest = Manifest(
-            approach=approach,
-            arch=arch_ref, n_models=len(model_set), base=base_id, lineage=lineage,
-            created=self._clock(), meta=meta or {}, blobs=encoded.blobs, extra=encoded.extra,
+            approach=approach, arch=arch_ref, n_models=len(model_set), base=base_id, lineage=lineage,
+            created=self._clock(), meta=meta or {}, data=encoded.document,
         )
         set_id, data = manifest.encode()
         self.backend.put(f"sets/{set_id}.json", data, exclusive=True)
@@ -111,13 +122,40 @@ class Store:
                 "start a new lineage for a new architecture"
             )
 
+    def _mark_store(self) -> None:
+        if not self._is_store and not self.backend.exists(_MARKER):
+            self.backend.put(_MARKER, json.dumps({"format_version": FORMAT_VERSION}).encode(), exclusive=True)
+        self._is_store = True
+
+    def _require_store(self) -> None:
+        """Refuse to read a location that holds no store (a v1 store has `sets/` but no marker)."""
+        if self._is_store:
+            return
+        if self.backend.exists(_MARKER):
+            marker = parse_json(self.backend.get(_MARKER)[: MAX_DOCUMENT_BYTES + 1], f"{_MARKER} of {self.url}")
+            version = marker.get("format_version") if isinstance(marker, dict) else None
+            if isinstance(version, int) and version > FORMAT_VERSION:
+                raise NewerFormatError(f"the store at {self.url} was written by a newer mmstore (format {version}); upgrade mmstore")
+        elif not self.backend.list("sets"):
+            raise NotFoundError(f"there is no mmstore store at {self.url}; check the URL (a store is created by its first save)")
+        self._is_store = True
+
     def _lineage_head(self, lineage: str | None) -> str | None:
         if lineage is None:
             return None
-        if not _LINEAGE.match(lineage):
-            raise MMStoreError(f"lineage name {lineage!r} is invalid; use letters, digits, '.', '_' and '-'")
+        if not isinstance(lineage, str) or not _LINEAGE.fullmatch(lineage):
+            raise MMStoreError(
+                f"lineage name {str(lineage)[:80]!r} is invalid; use up to 128 letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit and not ending in '.lock'"
+            )
+        return self._ref(lineage)
+
+    def _ref(self, lineage: str) -> str | None:
+        """The set id a lineage points at (parsed: a forged ref never becomes a path), or None."""
         key = f"refs/{lineage}"
-        return self.backend.get(key).decode() if self.backend.exists(key) else None
+        if not self.backend.exists(key):
+            return None
+        return check_id(self.backend.get(key)[:64].decode("ascii", "replace"), f"lineage {lineage!r} in {self.url} points at")
 
     def _move_lineage(self, lineage: str, head: str | None, set_id: str) -> None:
         try:
@@ -164,29 +202,62 @@ class Store:
 
     def resolve(self, ref: str) -> str:
         """The full set id for a full id, a unique id prefix, or a lineage name."""
-        if _LINEAGE.match(ref) and self.backend.exists(f"refs/{ref}"):
-            return self.backend.get(f"refs/{ref}").decode()
-        matches = [name[:-5] for name in self.backend.list("sets") if name.startswith(ref) and name.endswith(".json")]
+        self._require_store()
+        if not isinstance(ref, str) or not ref:
+            raise NotFoundError(f"{str(ref)[:80]!r} names no set; give a set id, a unique id prefix or a lineage")
+        head = self._ref(ref) if _LINEAGE.fullmatch(ref) else None
+        if head:
+            return head
+        matches = [name for name in self._set_ids() if name.startswith(ref)]
         if len(matches) == 1:
             return matches[0]
         if not matches:
             raise NotFoundError(f"no set or lineage {ref!r} in {self.url}; list them with `mmstore ls`")
         raise NotFoundError(f"{ref!r} is ambiguous ({len(matches)} sets start with it); give more characters")
 
+    def _set_ids(self) -> list[str]:
+        """The ids of the stored manifests; other names in `sets/` are not sets and are left out."""
+        names = (name[:-5] for name in self.backend.list("sets") if name.endswith(".json"))
+        return [name for name in names if _HEX64.fullmatch(name)]
+
     def manifest(self, set_id: str) -> Manifest:
-        """The verified manifest of a set."""
+        """The verified, parsed manifest of a set."""
         if set_id not in self._manifests:
-            data = self.backend.get(f"sets/{set_id}.json")
-            self._manifests[set_id] = Manifest.decode(set_id, data)
+            key = f"sets/{check_id(set_id, 'set id')}.json"
+            if self.backend.size(key) > MAX_DOCUMENT_BYTES:
+                raise FormatError(f"the manifest of set {set_id[:12]} is larger than any manifest; the store was forged")
+            self._manifests[set_id] = Manifest.decode(set_id, self.backend.get(key))
         return self._manifests[set_id]
 
+    def base_of(self, manifest: Manifest) -> Manifest:
+        """The manifest of a set's base, checked to hold as many models of the same layout."""
+        if manifest.base is None:
+            raise FormatError(f"set {manifest.id[:12]} is derived but names no base; the store was forged or damaged")
+        base = self.manifest(manifest.base)
+        same_arch = base.arch.id == manifest.arch.id or self.arch_document(base).layout == self.arch_document(manifest).layout
+        if base.n_models != manifest.n_models or not same_arch:
+            raise FormatError(
+                f"set {manifest.id[:12]} and its base {base.id[:12]} differ in model count or layout; the store was forged or damaged"
+            )
+        return base
+
     def arch_document(self, manifest: Manifest) -> ArchDocument:
-        """The verified architecture and layout a manifest names."""
-        data = self.blobs.get(manifest.arch).tobytes()
-        try:
-            return ArchDocument.model_validate_json(data)
-        except ValueError as exc:
-            raise IntegrityError(f"architecture document {manifest.arch.id} is not valid: {exc}") from exc
+        """The verified architecture and layout a manifest names, checked against the manifest's sizes."""
+        doc = self._arch_docs.get(manifest.arch.id)
+        if doc is None:
+            what = f"the architecture document of set {manifest.id[:12]}"
+            if manifest.arch.size > MAX_DOCUMENT_BYTES:
+                raise FormatError(f"{what} is larger than any architecture document; the store was forged")
+            doc = parse_document(ArchDocument, parse_json(self.blobs.get(manifest.arch).tobytes(), what), what)
+            self._arch_docs[manifest.arch.id] = doc
+        set_bytes = manifest.n_models * doc.layout.row_nbytes
+        if set_bytes > self.settings.max_set_bytes:
+            raise ResourceLimitError(
+                f"set {manifest.id[:12]} holds {set_bytes} bytes of parameters, more than the limit of "
+                f"{self.settings.max_set_bytes}; raise MMSTORE_MAX_SET_BYTES if you trust this store"
+            )
+        manifest.data.check(manifest.n_models, doc.layout)
+        return doc
 
     def cached_rows(self, set_id: str) -> np.ndarray | None:
         """A recently materialised set's rows, if this store still holds them (do not modify)."""
@@ -206,41 +277,60 @@ class Store:
         """Hold a set the caller has in memory (checked against its content digest) for deltas against it."""
         set_id = self.resolve(set_id)
         manifest = self.manifest(set_id)
-        content = manifest.extra.get("content") or manifest.blobs["params"].id
+        data = manifest.data
+        content = getattr(data, "content", None) or data.params.id
         if len(model_set) != manifest.n_models or digest_bytes(model_set.data) != content:
             raise IntegrityError(f"the models given are not the content of set {set_id[:12]}; pass that set's models")
         self.remember(set_id, model_set.data)
 
-    def recover_rows(self, set_id: str, models: Sequence[int] | None = None, **options: Any) -> np.ndarray:
-        """The (n, row) bytes of a set, or only of the given model indices."""
+    def recover_rows(self, set_id: str, context: RecoveryContext | None = None) -> np.ndarray:
+        """The (n, row) bytes of a set, or only of the context's model indices."""
+        context = context or RecoveryContext()
         manifest = self.manifest(set_id)
-        picked = None if models is None else _check_indices(models, manifest.n_models)
-        return get_approach(manifest.approach).recover(manifest, self, picked, **options)
+        self.arch_document(manifest)  # sizes checked against the layout before any blob is read
+        picked = None if context.models is None else _check_indices(context.models, manifest.n_models)
+        return get_approach(manifest.approach).recover(manifest, self, picked, context)
 
-    def recover(self, set_id: str, models: Sequence[int] | None = None, **options: Any) -> ModelSet:
+    def recover(self, set_id: str, models: Sequence[int] | None = None, context: RecoveryContext | None = None,
+                **options: Any) -> ModelSet:
         """The stored set (or only the models at `models`, in that order), verified on the way.
 
-        `options` go to the approach (the provenance approach takes `executor=`).
+        `context` (or the `RecoveryContext` fields as keywords: `executor=`, `force=`,
+        `dataset_options=`) says how provenance sets are replayed.
         """
+        context = _context(context, models, options)
         set_id = self.resolve(set_id)
-        manifest = self.manifest(set_id)
-        doc = self.arch_document(manifest)
-        rows = self.recover_rows(set_id, models, **options)
+        doc = self.arch_document(self.manifest(set_id))
+        rows = self.recover_rows(set_id, context)
         return ModelSet(doc.arch, doc.layout, rows, trusted=self.settings.allowed_prefixes())
 
-    def verify(self, set_id: str | None = None) -> list[str]:
-        """Read and check every byte of one set (or of all sets); returns the ids checked."""
+    def verify(self, set_id: str | None = None, context: RecoveryContext | None = None, **options: Any) -> list[str]:
+        """Read and check every byte of one set (or of all sets), replaying as `context` says; returns the ids."""
+        context = _context(context, None, options).subset(None)
         ids = [self.resolve(set_id)] if set_id else [info.id for info in self.list()]
         for sid in ids:
             manifest = self.manifest(sid)
+            self.arch_document(manifest)
             for ref in self._refs(manifest):
                 self.blobs.get(ref)
-            self.recover_rows(sid)
+            self.recover_rows(sid, context)
         return ids
+
+    def export(self, set_id: str, out_dir: str, context: RecoveryContext | None = None, track: Any = None,
+               **options: Any) -> list[str]:
+        """Recover a set (or the context's models) and write one `.safetensors` file per model to `out_dir`."""
+        from .export import export_safetensors
+
+        context = _context(context, None, options)
+        set_id = self.resolve(set_id)
+        model_set = self.recover(set_id, context=context)
+        models = None if context.models is None else list(context.models)
+        return export_safetensors(model_set, out_dir, set_id, models, *([track] if track else []))
 
     def list(self) -> list[SetInfo]:
         """Every set in the store, oldest first."""
-        infos = [self.info(name[:-5]) for name in self.backend.list("sets") if name.endswith(".json")]
+        self._require_store()
+        infos = [self.info(set_id) for set_id in self._set_ids()]
         return sorted(infos, key=lambda info: (info.created, info.id))
 
     def info(self, set_id: str) -> SetInfo:
@@ -252,13 +342,18 @@ class Store:
         )
 
     def lineages(self) -> dict[str, str]:
-        """Every lineage name and the set it points at."""
-        return {name: self.backend.get(f"refs/{name}").decode() for name in self.backend.list("refs") if not name.endswith(".lock")}
+        """Every lineage name and the set it points at (names the store does not allow are not lineages)."""
+        self._require_store()
+        names = [name for name in self.backend.list("refs") if _LINEAGE.fullmatch(name)]
+        return {name: head for name in names if (head := self._ref(name))}
 
     def log(self, set_id: str) -> list[SetInfo]:
         """The set and its bases, newest first, down to the root."""
-        chain, current = [], self.resolve(set_id)
+        chain, current, seen = [], self.resolve(set_id), set()
         while current:
+            if current in seen:  # ids are digests of manifests naming their base: only a forgery cycles
+                raise FormatError(f"the chain of set {set_id[:12]} loops; the store was forged")
+            seen.add(current)
             chain.append(self.info(current))
             current = chain[-1].base
         return chain
@@ -276,8 +371,19 @@ class Store:
         return [manifest.arch, *manifest.blobs.values()]
 
 
+def _context(context: RecoveryContext | None, models: Sequence[int] | None, options: dict[str, Any]) -> RecoveryContext:
+    """One recovery context from an explicit one, or from a subset and keyword options."""
+    if context is not None and options:
+        raise MMStoreError(f"pass either context= or the options {sorted(options)}, not both")
+    context = context or RecoveryContext(**options)
+    return context if models is None else context.subset(models)
+
+
 def _check_indices(models: Sequence[int], n: int) -> np.ndarray:
-    picked = np.asarray(models, dtype=np.int64).reshape(-1)
+    try:
+        picked = np.asarray(models, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError, OverflowError):
+        raise NotFoundError(f"model indices must be integers in [0, {n}); got {str(models)[:80]}") from None
     if picked.size and (picked.min() < -n or picked.max() >= n):
         raise NotFoundError(f"model indices must lie in [0, {n}); got {models!r}")
     return np.where(picked < 0, picked + n, picked)

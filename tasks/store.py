@@ -50,7 +50,7 @@ def persist(store_url: str, model_set: ModelSet, approach: str, base: str | None
         store.keep(base, base_set)  # the base's values at hand: deltas are XOR-coded
     options = {"provenance": provenance} if approach == "provenance" else {}
     set_id = store.save(model_set, approach=approach, base=base, lineage=lineage, meta=meta, **options)
-    return {"id": set_id, "bytes": store.size(set_id), "kind": store.manifest(set_id).extra.get("kind", approach)}
+    return {"id": set_id, "bytes": store.size(set_id), "kind": getattr(store.manifest(set_id).data, "kind", approach)}
 
 
 def _chain_key(context, parameters: dict) -> str:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from mmstore import ArchitectureError, IntegrityError, ModelSet, NotFoundError, Settings, Store
 from mmstore.blobs import blob_key
-from mmstore.codecs import CODECS, XOR_CODECS, decode, encode
+from mmstore.codecs import CODECS, decode, encode
 from mmstore.diff import apply, diff, restrict, tensor_digests
 from mmstore.errors import InUseError
 
@@ -47,13 +47,13 @@ def test_diff_apply_round_trip_every_dtype(seed, n, fraction):
 
 @settings(max_examples=60, deadline=None)
 @given(data=st.binary(max_size=4096), seed=st.integers(0, 2**32 - 1),
-       itemsize=st.sampled_from([1, 2, 4, 8]), codec=st.sampled_from(CODECS))
+       itemsize=st.sampled_from([1, 2, 4, 8]), codec=st.sampled_from(CODECS.names()))
 def test_codecs_round_trip(data, seed, itemsize, codec):
     payload = np.frombuffer(data[: len(data) // itemsize * itemsize], dtype=np.uint8)
     reference = np.random.default_rng(seed).integers(0, 256, payload.size, dtype=np.uint8)
     encoded = encode(payload, itemsize, codec, reference)
     decoded = decode(encoded, payload.size, itemsize, codec)
-    if codec in XOR_CODECS:
+    if CODECS.get(codec).xor:
         decoded = np.bitwise_xor(decoded, reference)
     assert np.array_equal(decoded, payload)
 
@@ -74,7 +74,7 @@ def test_delta_stores_only_changed_tensors(local_store, small_fleet):
     changed = _changed(small_fleet, [3, 50, 199], tensor=2, seed=1)
     delta_id = local_store.save(changed, approach="update", lineage="f")
     manifest = local_store.manifest(delta_id)
-    assert manifest.extra["kind"] == "delta" and manifest.base == base_id
+    assert manifest.data.kind == "delta" and manifest.base == base_id
     spec = small_fleet.layout.tensors[2]
     assert local_store.size(delta_id) < 3 * spec.nbytes + 2_000
     assert Store.open(local_store.url, SETTINGS).recover(delta_id).equals(changed)
@@ -107,7 +107,7 @@ def test_chain_depth_policy_starts_a_new_snapshot(tmp_path, small_fleet):
     current, kinds = small_fleet, []
     for v in range(5):
         current = _changed(current, [v], 0, seed=v)
-        kinds.append(store.manifest(store.save(current, approach="update", lineage="f")).extra["kind"])
+        kinds.append(store.manifest(store.save(current, approach="update", lineage="f")).data.kind)
     assert kinds == ["snapshot", "delta", "delta", "snapshot", "delta"]
     assert store.recover("f").equals(current)
 
@@ -115,7 +115,7 @@ def test_chain_depth_policy_starts_a_new_snapshot(tmp_path, small_fleet):
 def test_large_delta_becomes_a_snapshot(local_store, small_fleet):
     local_store.save(small_fleet, approach="update", lineage="f")
     everything = random_rows(small_fleet, seed=9)
-    assert local_store.manifest(local_store.save(everything, approach="update", lineage="f")).extra["kind"] == "snapshot"
+    assert local_store.manifest(local_store.save(everything, approach="update", lineage="f")).data.kind == "snapshot"
 
 
 def test_xor_codec_when_base_is_at_hand(local_store, small_fleet):
@@ -123,7 +123,7 @@ def test_xor_codec_when_base_is_at_hand(local_store, small_fleet):
     base = local_store.recover("f")  # materialised: this store now holds the base's values
     changed = _changed(base, list(range(0, 200, 7)), 1, seed=5)
     set_id = local_store.save(changed, approach="update", lineage="f")
-    assert local_store.manifest(set_id).extra["codec"] == "xor-group-zstd"
+    assert local_store.manifest(set_id).data.codec == "xor-group-zstd"
     fresh = Store.open(local_store.url, SETTINGS)
     assert fresh.recover(set_id).equals(changed)
     assert fresh.recover(set_id, models=[7, 8, 7]).equals(changed.select([7, 8, 7]))
@@ -166,7 +166,7 @@ def test_changed_factory_source_is_not_another_architecture(local_store, small_f
     edited = ModelSet(small_fleet.arch.model_copy(update={"source_digest": "0" * 64}), small_fleet.layout, small_fleet.data)
     derived = local_store.save(_changed(edited, [1], 0, seed=3), approach="update", lineage="f")
     assert local_store.manifest(derived).base == base_id
-    assert local_store.manifest(derived).extra["kind"] == "delta"
+    assert local_store.manifest(derived).data.kind == "delta"
 
 
 def test_keep_checks_the_models_then_enables_xor_deltas(local_store, small_fleet):
@@ -177,5 +177,5 @@ def test_keep_checks_the_models_then_enables_xor_deltas(local_store, small_fleet
     fresh.keep(base_id, small_fleet)
     changed = _changed(small_fleet, [4, 9], 1, seed=6)
     set_id = fresh.save(changed, approach="update", lineage="f")
-    assert fresh.manifest(set_id).extra["codec"] == "xor-group-zstd"
+    assert fresh.manifest(set_id).data.codec == "xor-group-zstd"
     assert Store.open(local_store.url, SETTINGS).recover(set_id).equals(changed)

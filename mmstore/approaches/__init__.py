@@ -1,21 +1,19 @@
-"""The approaches a store can save a set with, by name."""
+"""The approaches a store can save a set with, registered by name in `mmstore.plugins.APPROACHES`."""
 
 from __future__ import annotations
 
-from ..errors import MMStoreError
-from .base import Approach, Encoded, StoreAccess
+from ..plugins import APPROACHES
+from .base import Approach, Encoded, RecoveryContext, StoreAccess
 from .baseline import Baseline
 from .provenance import Provenance
 from .update import Update
 
-__all__ = ["Approach", "Encoded", "StoreAccess", "get_approach", "APPROACHES"]
+__all__ = ["Approach", "Encoded", "RecoveryContext", "StoreAccess", "get_approach", "APPROACHES"]
 
-APPROACHES: dict[str, Approach] = {a.name: a for a in (Baseline(), Update(), Provenance())}
+for _approach in (Baseline(), Update(), Provenance()):
+    APPROACHES.register(_approach.name, _approach)
 
 
 def get_approach(name: str) -> Approach:
-    """The approach called `name`."""
-    try:
-        return APPROACHES[name]
-    except KeyError:
-        raise MMStoreError(f"unknown approach {name!r}; choose one of {sorted(APPROACHES)}") from None
+    """The approach called `name` (UnknownApproachError naming the known ones otherwise)."""
+    return APPROACHES.get(name)

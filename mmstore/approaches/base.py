@@ -1,41 +1,62 @@
-"""The protocol every approach implements, and what a store offers to it."""
+"""The protocol every approach implements, what a store offers to it, and how a recovery is run."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
-from pydantic import JsonValue
 
 from ..blobs import BlobRef, BlobStore
-from ..manifest import ArchDocument, Manifest
+from ..manifest import ApproachDocument, ArchDocument, Manifest
 from ..modelset import ModelSet
 from ..settings import Settings
 
-__all__ = ["Approach", "StoreAccess", "Encoded"]
+__all__ = ["Approach", "StoreAccess", "Encoded", "RecoveryContext"]
 
 
 @dataclass(frozen=True)
 class Encoded:
-    """What an approach wrote for one set: blob refs by role and small JSON fields."""
+    """What an approach wrote for one set: its typed document (naming the blobs it wrote)."""
 
-    blobs: dict[str, BlobRef] = field(default_factory=dict)
-    extra: dict[str, JsonValue] = field(default_factory=dict)
+    document: ApproachDocument
+
+
+@dataclass(frozen=True)
+class RecoveryContext:
+    """How to recover, shared by recover, verify and export: the models wanted and replay options.
+
+    `executor` is a registered executor's name or an executor object (provenance replays only;
+    None: the settings' `replay_executor`); `force` replays even where the trainer's source changed;
+    `dataset_options` go to fsspec when datasets are read.
+    """
+
+    models: Sequence[int] | None = None
+    executor: Any = None
+    force: bool = False
+    dataset_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def subset(self, models: Sequence[int] | None) -> "RecoveryContext":
+        """The same options for other models."""
+        return RecoveryContext(models, self.executor, self.force, self.dataset_options)
 
 
 class StoreAccess(Protocol):
     """The parts of a store an approach may use."""
 
+    url: str
     blobs: BlobStore
     settings: Settings
 
     def manifest(self, set_id: str) -> Manifest:
-        """The verified manifest of a set."""
+        """The verified, parsed manifest of a set."""
+
+    def base_of(self, manifest: Manifest) -> Manifest:
+        """The manifest of a set's base, checked to hold as many models of the same layout."""
 
     def arch_document(self, manifest: Manifest) -> ArchDocument:
-        """The verified architecture and layout of a set."""
+        """The verified architecture and layout of a set, checked against its manifest."""
 
     def cached_rows(self, set_id: str) -> np.ndarray | None:
         """A recently materialised set's rows, if at hand."""
@@ -43,17 +64,19 @@ class StoreAccess(Protocol):
     def remember(self, set_id: str, rows: np.ndarray) -> None:
         """Keep a copy of a set's rows at hand for later versions."""
 
-    def recover_rows(self, set_id: str, models: Sequence[int] | None = None, **options: Any) -> np.ndarray:
-        """The (n, row) bytes of a stored set, or of the given model indices."""
+    def recover_rows(self, set_id: str, context: RecoveryContext | None = None) -> np.ndarray:
+        """The (n, row) bytes of a stored set, or of the context's model indices."""
 
 
 class Approach(Protocol):
     """A way to store a model set; `save` writes blobs, `recover` rebuilds the rows."""
 
     name: ClassVar[str]
+    document: ClassVar[Any]  # the pydantic model (or TypeAdapter) that parses its part of a manifest
 
     def save(self, model_set: ModelSet, base: Manifest | None, store: StoreAccess, **options: Any) -> Encoded:
         """Write what is needed to recover `model_set` (given its base, if any)."""
 
-    def recover(self, manifest: Manifest, store: StoreAccess, models: np.ndarray | None, **options: Any) -> np.ndarray:
+    def recover(self, manifest: Manifest, store: StoreAccess, models: np.ndarray | None,
+                context: RecoveryContext) -> np.ndarray:
         """The (n, row) bytes of the set, or only of the rows in `models`."""

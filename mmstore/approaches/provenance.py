@@ -8,27 +8,63 @@ Recovery re-trains the changed models from their base versions and checks each r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import numpy as np
+from pydantic import Field, TypeAdapter
 
 from ..arch import import_trusted, source_digest
-from ..diff import diff, tensor_digests
+from ..diff import DIGEST_SIZE, diff, tensor_digests
 from ..digest import digest_bytes
-from ..errors import IntegrityError, MMStoreError, ReproductionError, TrainerChangedError
+from ..blobs import BlobRef, Hex64
+from ..errors import FormatError, MMStoreError, ReproductionError, TrainerChangedError
 from ..layout import Layout
-from ..manifest import Manifest, canonical_json
+from ..manifest import MAX_DOCUMENT_BYTES, ApproachDocument, Manifest, canonical_json, parse_document, parse_json
+from ..plugins import EXECUTORS
 from ..modelset import ModelSet
 from ..provenance_records import (
-    ChangedModel, ChangeList, ProvenanceRecord, RecipeDocument, decode_changes, encode_changes, read_datasets,
+    ChangedModel, ChangeList, DatasetRoots, ProvenanceRecord, RecipeDocument, decode_changes, encode_changes, read_datasets,
 )
 from ..replay import TRAINER_KIND, Executor, ReplayJob, ReplayTask
-from .base import Encoded, StoreAccess
-from .baseline import read_snapshot, write_snapshot
+from .base import Encoded, RecoveryContext, StoreAccess
+from .baseline import check_params, read_snapshot, write_snapshot
 
-__all__ = ["Provenance"]
+__all__ = ["Provenance", "ProvenanceSnapshot", "ProvenanceReplay"]
+
+_DIGEST = re.compile(f"[0-9a-f]{{{2 * DIGEST_SIZE}}}")
+
+
+class ProvenanceSnapshot(ApproachDocument):
+    """The first set of a provenance lineage: every row, as a baseline set."""
+
+    kind: Literal["snapshot"] = "snapshot"
+    params: BlobRef
+
+    def check(self, n_models: int, layout: Layout) -> None:
+        """The parameter blob's size agrees with the model count and layout."""
+        check_params(self.params, n_models, layout)
+
+
+class ProvenanceReplay(ApproachDocument):
+    """A derived set: the recipe, the environment fingerprint and the change list, plus the content root."""
+
+    kind: Literal["replay"] = "replay"
+    changed: int = Field(ge=0)
+    content: Hex64
+    recipe: BlobRef
+    environment: BlobRef
+    changes: BlobRef
+
+    def check(self, n_models: int, layout: Layout) -> None:
+        """At most every model changed, and each document is of a document's size."""
+        if self.changed > n_models or max(self.recipe.size, self.environment.size, self.changes.size) > MAX_DOCUMENT_BYTES:
+            raise FormatError("a provenance set's change count or documents are out of bounds; the store was forged or damaged")
+
+
+ProvenanceDocument = TypeAdapter(Annotated[Union[ProvenanceSnapshot, ProvenanceReplay], Field(discriminator="kind")])
 
 
 @dataclass(frozen=True)
@@ -44,6 +80,7 @@ class Provenance:
     """Snapshots first, then recipes, dataset references and expected digests; recovered by replay."""
 
     name: ClassVar[str] = "provenance"
+    document: ClassVar[Any] = ProvenanceDocument
 
     def save(
         self, model_set: ModelSet, base: Manifest | None, store: StoreAccess,
@@ -51,49 +88,47 @@ class Provenance:
     ) -> Encoded:
         """A snapshot for a first set; for a derived set, the record of how its changed models were trained."""
         if base is None:
-            return Encoded(blobs=write_snapshot(model_set, store).blobs, extra={"kind": "snapshot"})
+            return Encoded(ProvenanceSnapshot(params=write_snapshot(model_set, store)))
         if provenance is None:
             raise MMStoreError("a derived provenance set needs provenance=ProvenanceRecord(...); or save it with approach='baseline'")
         record = ProvenanceRecord.model_validate(provenance)
         changes = _change_list(model_set, _digest_table(base, model_set.layout, store), record)
-        read_datasets([entry.dataset for entry in changes.models])
-        blobs = {
-            "recipe": store.blobs.put(canonical_json(_recipe_document(record, store))),
-            "environment": store.blobs.put(record.environment_bytes()),
-            "changes": store.blobs.put(encode_changes(changes)),
-        }
-        extra = {"kind": "replay", "changed": len(changes.models), "content": digest_bytes(model_set.data)}
-        return Encoded(blobs=blobs, extra=extra)
+        read_datasets([entry.dataset for entry in changes.models], DatasetRoots.of(store.url, store.settings))
+        return Encoded(ProvenanceReplay(
+            changed=len(changes.models), content=digest_bytes(model_set.data),
+            recipe=store.blobs.put(canonical_json(_recipe_document(record, store))),
+            environment=store.blobs.put(record.environment_bytes()),
+            changes=store.blobs.put(encode_changes(changes)),
+        ))
 
-    def recover(
-        self, manifest: Manifest, store: StoreAccess, models: np.ndarray | None,
-        executor: Executor | None = None, force: bool = False, dataset_options: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> np.ndarray:
+    def recover(self, manifest: Manifest, store: StoreAccess, models: np.ndarray | None,
+                context: RecoveryContext) -> np.ndarray:
         """Recover the base rows, re-train the changed models among `models`, check every result."""
-        if manifest.extra.get("kind") == "snapshot":
-            return read_snapshot(manifest, store, models)
+        if manifest.data.kind == "snapshot":
+            return read_snapshot(manifest.data.params, manifest.n_models, store, models)
         cached = store.cached_rows(manifest.id)
         if cached is not None:
             return cached.copy() if models is None else cached[models]
-        stored = _read_stored(manifest, store)
-        if not force:
+        base = store.base_of(manifest)
+        layout = store.arch_document(manifest).layout
+        stored = _read_stored(manifest, store, layout)
+        if not context.force:
             _check_trainer(stored.recipe, store)
         wanted = np.arange(manifest.n_models) if models is None else np.unique(models)
         todo = [entry for entry in stored.changes.models if _contains(wanted, entry.model)]
         # Datasets and environment are checked here, before the base is recovered: nothing trains on bad inputs.
-        datasets = read_datasets([entry.dataset for entry in todo], dataset_options)
-        executor = executor or _default_executor(store)
+        datasets = read_datasets([entry.dataset for entry in todo], DatasetRoots.of(store.url, store.settings), context.dataset_options)
+        executor = _executor(context, store, manifest.id)
         executor.check(stored.environment)
-        base_options = {"executor": executor, "force": force, "dataset_options": dataset_options}
-        rows = store.recover_rows(manifest.base, None if models is None else wanted, **base_options)
+        base_context = RecoveryContext(None if models is None else wanted, executor, context.force, context.dataset_options)
+        rows = store.recover_rows(base.id, base_context)
         if not rows.flags.writeable:
             rows = rows.copy()
         if todo:
             at = np.searchsorted(wanted, [entry.model for entry in todo])
             rows[at] = _replay(rows[at], todo, datasets, stored.recipe, store, manifest, executor)
         if models is None:
-            if digest_bytes(rows) != manifest.extra["content"]:
+            if digest_bytes(rows) != manifest.data.content:
                 raise ReproductionError(f"the replayed set {manifest.id[:12]} does not match its recorded content digest")
             store.remember(manifest.id, rows)
             return rows
@@ -109,10 +144,10 @@ def _recipe_document(record: ProvenanceRecord, store: StoreAccess) -> RecipeDocu
 def _digest_table(manifest: Manifest, layout: Layout, store: StoreAccess) -> np.ndarray:
     """The per-tensor digests of a set's rows, without re-training: replayed sets record theirs."""
     cached = store.cached_rows(manifest.id)
-    if cached is None and manifest.approach == Provenance.name and manifest.extra.get("kind") == "replay":
-        table = _digest_table(store.manifest(manifest.base), layout, store).copy()
+    if cached is None and manifest.approach == Provenance.name and manifest.data.kind == "replay":
+        table = _digest_table(store.base_of(manifest), layout, store).copy()
         names = {spec.name: t for t, spec in enumerate(layout.tensors)}
-        for entry in _read_stored(manifest, store).changes.models:
+        for entry in _read_stored(manifest, store, layout).changes.models:
             for name, digest in entry.tensors.items():
                 table[entry.model, names[name]] = np.frombuffer(bytes.fromhex(digest), dtype=np.uint8)
         return table
@@ -146,15 +181,31 @@ def _check_recorded(changed: set[int], record: ProvenanceRecord) -> None:
         raise MMStoreError(f"the provenance record names recipes it does not define: {unknown}")
 
 
-def _read_stored(manifest: Manifest, store: StoreAccess) -> _Stored:
+def _read_stored(manifest: Manifest, store: StoreAccess, layout: Layout) -> _Stored:
+    """The set's recipe, fingerprint and change list, parsed and checked against the set they describe."""
     def blob(role: str) -> bytes:
         return store.blobs.get(manifest.blobs[role]).tobytes()
 
-    try:
-        recipe = RecipeDocument.model_validate_json(blob("recipe"))
-    except ValueError as exc:
-        raise IntegrityError(f"the recipe of set {manifest.id[:12]} is not valid: {exc}") from exc
-    return _Stored(recipe, blob("environment"), decode_changes(blob("changes"), manifest.id))
+    what = f"the recipe of set {manifest.id[:12]}"
+    recipe = parse_document(RecipeDocument, parse_json(blob("recipe"), what), what)
+    changes = decode_changes(blob("changes"), manifest.id)
+    _check_changes(changes, recipe, manifest, layout)
+    return _Stored(recipe, blob("environment"), changes)
+
+
+def _check_changes(changes: ChangeList, recipe: RecipeDocument, manifest: Manifest, layout: Layout) -> None:
+    """Models in range and ascending, recipes defined, tensor names of the layout, digests of 16 bytes."""
+    models = [entry.model for entry in changes.models]
+    names = {spec.name for spec in layout.tensors}
+    bad = (
+        len(models) != manifest.data.changed
+        or any(not 0 <= m < manifest.n_models for m in models)
+        or any(b <= a for a, b in zip(models, models[1:]))
+        or any(e.recipe not in recipe.recipes or not set(e.tensors) <= names for e in changes.models)
+        or any(not _DIGEST.fullmatch(d) for e in changes.models for d in e.tensors.values())
+    )
+    if bad:
+        raise FormatError(f"the change list of set {manifest.id[:12]} does not fit its set; the store was forged or damaged")
 
 
 def _check_trainer(recipe: RecipeDocument, store: StoreAccess) -> None:
@@ -168,8 +219,10 @@ def _check_trainer(recipe: RecipeDocument, store: StoreAccess) -> None:
         )
 
 
-def _default_executor(store: StoreAccess) -> Executor:
-    return import_trusted(store.settings.replay_executor, store.settings.allowed_prefixes(), "replay executor")()
+def _executor(context: RecoveryContext, store: StoreAccess, set_id: str) -> Executor:
+    """The context's executor object, or the registered one it (or the settings) names, built for this set."""
+    chosen = context.executor if context.executor is not None else store.settings.replay_executor
+    return EXECUTORS.get(chosen)(store, set_id) if isinstance(chosen, str) else chosen
 
 
 def _contains(sorted_values: np.ndarray, value: int) -> bool:

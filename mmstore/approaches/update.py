@@ -9,36 +9,82 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import numpy as np
 import zstandard
+from pydantic import Field, TypeAdapter
 
 from .. import codecs
+from ..blobs import BlobRef, Hex64
 from ..diff import DIGEST_SIZE, Delta, apply, diff, restrict, tensor_digests
 from ..digest import digest_bytes
-from ..errors import IntegrityError
+from ..errors import FormatError, IntegrityError
 from ..layout import Layout
-from ..manifest import Manifest
+from ..manifest import ApproachDocument, Manifest
 from ..modelset import ModelSet
-from .base import Encoded, StoreAccess
-from .baseline import read_snapshot, write_snapshot
+from .base import Encoded, RecoveryContext, StoreAccess
+from .baseline import check_params, read_snapshot, write_snapshot
 
-__all__ = ["Update"]
+__all__ = ["Update", "UpdateSnapshot", "UpdateDelta"]
+
+_MAX_DEPTH = 1 << 20
+
+
+class UpdateSnapshot(ApproachDocument):
+    """Every row (`params`) and the per-tensor digest table (`digests`); `content` is the params blob's id."""
+
+    kind: Literal["snapshot"] = "snapshot"
+    depth: Literal[0] = 0
+    content: Hex64
+    params: BlobRef
+    digests: BlobRef
+
+    def check(self, n_models: int, layout: Layout) -> None:
+        """Both blobs have the sizes the model count and layout imply."""
+        check_params(self.params, n_models, layout)
+        if self.content != self.params.id or self.digests.size != n_models * len(layout.tensors) * DIGEST_SIZE:
+            raise FormatError("an update snapshot's content or digest table disagrees with its set; the store was forged or damaged")
+
+
+class UpdateDelta(ApproachDocument):
+    """The changed tensors against the base: a change list and the encoded values, or neither."""
+
+    kind: Literal["delta"] = "delta"
+    depth: int = Field(ge=1, le=_MAX_DEPTH)
+    content: Hex64
+    codec: str | None = None
+    segments: tuple[Annotated[int, Field(ge=0)], ...] | None = None
+    changes: BlobRef | None = None
+    values: BlobRef | None = None
+
+    def check(self, n_models: int, layout: Layout) -> None:
+        """Change list, values and segments come together, and the segments add up to the values blob."""
+        if self.changes is None and self.values is None and self.segments is None:
+            return
+        if self.changes is None or self.values is None or self.segments is None or self.codec is None:
+            raise FormatError("an update delta names only part of its change list, values and segments; the store was forged or damaged")
+        codecs.CODECS.get(self.codec)
+        if len(self.segments) != len(layout.tensors) or sum(self.segments) != self.values.size:
+            raise FormatError("an update delta's segments do not add up to its values; the store was forged or damaged")
+
+
+UpdateDocument = TypeAdapter(Annotated[Union[UpdateSnapshot, UpdateDelta], Field(discriminator="kind")])
 
 
 def _kind(manifest: Manifest) -> str:
-    return str(manifest.extra.get("kind", "snapshot")) if manifest.approach == "update" else "foreign"
+    return manifest.data.kind if manifest.approach == Update.name else "foreign"
 
 
 class Update:
     """Deltas of changed tensors against a base, recovered by walking the chain to a snapshot."""
 
     name: ClassVar[str] = "update"
+    document: ClassVar[Any] = UpdateDocument
 
     def save(self, model_set: ModelSet, base: Manifest | None, store: StoreAccess, **options: Any) -> Encoded:
         """A delta against `base` when the policy allows, else a snapshot."""
-        if base is None or _kind(base) == "foreign" or int(base.extra["depth"]) + 1 > store.settings.max_chain_depth:
+        if base is None or _kind(base) == "foreign" or base.data.depth + 1 > store.settings.max_chain_depth:
             return self._snapshot(model_set, tensor_digests(model_set.data, model_set.layout), store)
         # BLAKE3 of the content runs on other threads while this one computes the digest table.
         content = _work_pool().submit(digest_bytes, model_set.data)
@@ -49,14 +95,13 @@ class Update:
         return self._delta(model_set, delta, base, content.result(), store)
 
     def _snapshot(self, model_set: ModelSet, digests: np.ndarray, store: StoreAccess) -> Encoded:
-        params = write_snapshot(model_set, store).blobs["params"]
-        table = store.blobs.put(digests)
-        return Encoded(blobs={"params": params, "digests": table}, extra={"kind": "snapshot", "depth": 0, "content": params.id})
+        params = write_snapshot(model_set, store)
+        return Encoded(UpdateSnapshot(content=params.id, params=params, digests=store.blobs.put(digests)))
 
     def _delta(self, model_set: ModelSet, delta: Delta, base: Manifest, content: str, store: StoreAccess) -> Encoded:
-        extra: dict[str, Any] = {"kind": "delta", "depth": int(base.extra["depth"]) + 1, "content": content}
+        depth = base.data.depth + 1
         if not delta.mask.any():
-            return Encoded(extra=extra)
+            return Encoded(UpdateDelta(depth=depth, content=content))
         base_rows = store.cached_rows(base.id)
         codec = _choose_codec(store.settings.update_codec, base_rows is not None)
         segments = list(_work_pool().map(
@@ -64,30 +109,31 @@ class Update:
             range(len(delta.values)), model_set.layout.tensors, delta.values,
         ))
         changes = np.packbits(delta.mask.reshape(-1), bitorder="little").tobytes() + delta.digests.tobytes()
-        blobs = {
-            "changes": store.blobs.put(zstandard.ZstdCompressor(level=3).compress(changes)),
-            "values": store.blobs.put(b"".join(segments)),
-        }
-        return Encoded(blobs=blobs, extra={**extra, "codec": codec, "segments": [len(s) for s in segments]})
+        return Encoded(UpdateDelta(
+            depth=depth, content=content, codec=codec, segments=tuple(len(s) for s in segments),
+            changes=store.blobs.put(zstandard.ZstdCompressor(level=3).compress(changes)),
+            values=store.blobs.put(b"".join(segments)),
+        ))
 
     def _digest_table(self, manifest: Manifest, layout: Layout, store: StoreAccess) -> np.ndarray:
         chain, snapshot = _chain(manifest, store)
         shape = (snapshot.n_models, len(layout.tensors), DIGEST_SIZE)
-        table = store.blobs.get(snapshot.blobs["digests"]).reshape(shape).copy()
+        table = store.blobs.get(snapshot.data.digests).reshape(shape).copy()
         for delta in reversed(chain):
-            if delta.blobs:
+            if delta.data.changes is not None:
                 mask, digests = _read_changes(delta, shape, store)
                 table[mask] = digests
         return table
 
-    def recover(self, manifest: Manifest, store: StoreAccess, models: np.ndarray | None, **options: Any) -> np.ndarray:
+    def recover(self, manifest: Manifest, store: StoreAccess, models: np.ndarray | None,
+                context: RecoveryContext) -> np.ndarray:
         """Start from the nearest snapshot (or a cached version) and apply each delta, oldest first."""
         layout = store.arch_document(manifest).layout
         wanted = None if models is None else np.unique(models)
         chain, start = _chain(manifest, store, stop_at_cached=True)
         shape = (manifest.n_models, len(layout.tensors), DIGEST_SIZE)
         # Deltas are read, verified and decoded on worker threads while the snapshot is read.
-        pending = [_work_pool().submit(_decode_delta, d, layout, shape, store) for d in reversed(chain) if d.blobs]
+        pending = [_work_pool().submit(_decode_delta, d, layout, shape, store) for d in reversed(chain) if d.data.changes]
         data = _start_rows(start, store, wanted)
         for future in pending:
             mask, values, xor = future.result()
@@ -96,7 +142,7 @@ class Update:
             apply(data, layout, mask, values, xor=xor)
         if wanted is None:
             # A snapshot's blob digest already proves its content; applied deltas are checked here.
-            if chain and digest_bytes(data) != manifest.extra["content"]:
+            if chain and digest_bytes(data) != manifest.data.content:
                 raise IntegrityError("the recovered set does not match its recorded content digest; run `mmstore verify`")
             store.remember(manifest.id, data)
             return data
@@ -105,7 +151,7 @@ class Update:
 
 def _choose_codec(setting: str, base_at_hand: bool) -> str:
     if setting != "auto":
-        return setting if setting != "xor-group-zstd" or base_at_hand else "group-zstd"
+        return setting if base_at_hand or not codecs.CODECS.get(setting).xor else "group-zstd"
     # Measured: byte grouping halves a fleet's deltas but costs ~40 ms per save and ~10 ms per delta
     # on recovery; without the base's values, raw keeps saves well under half a snapshot's time.
     return "xor-group-zstd" if base_at_hand else "raw"
@@ -123,8 +169,10 @@ def _chain(manifest: Manifest, store: StoreAccess, stop_at_cached: bool = False)
     while _kind(current) == "delta":
         if stop_at_cached and store.cached_rows(current.id) is not None:
             break
+        if len(chain) > _MAX_DEPTH:
+            raise FormatError(f"the chain of set {manifest.id[:12]} is longer than any valid chain; the store was forged")
         chain.append(current)
-        current = store.manifest(current.base)
+        current = store.base_of(current)
     return chain, current
 
 
@@ -132,17 +180,21 @@ def _start_rows(start: Manifest, store: StoreAccess, wanted: np.ndarray | None) 
     cached = store.cached_rows(start.id)
     if cached is not None:
         return cached.copy() if wanted is None else cached[wanted]
-    return read_snapshot(start, store, wanted)
+    return read_snapshot(start.data.params, start.n_models, store, wanted)
 
 
 def _read_changes(delta: Manifest, shape: tuple[int, int, int], store: StoreAccess) -> tuple[np.ndarray, np.ndarray]:
-    raw = zstandard.ZstdDecompressor().decompress(store.blobs.get(delta.blobs["changes"]).tobytes())
     cells = shape[0] * shape[1]
     packed = (cells + 7) // 8
+    # The mask and at most one digest per cell: decoding is bounded by the set's shape, not by the payload.
+    what = f"the change list of set {delta.id[:12]}"
+    raw = codecs.decompress_bounded(store.blobs.get(delta.data.changes), packed + cells * shape[2], what, at_most=True)
+    if len(raw) < packed:
+        raise FormatError(f"{what} is shorter than its change mask; the store was forged or damaged")
     mask = np.unpackbits(np.frombuffer(raw[:packed], dtype=np.uint8), count=cells, bitorder="little").astype(bool)
     digests = np.frombuffer(raw[packed:], dtype=np.uint8)
     if digests.size != int(mask.sum()) * shape[2]:
-        raise IntegrityError(f"the change list of set {delta.id[:12]} is malformed; the store is damaged")
+        raise FormatError(f"{what} is malformed; the store was forged or damaged")
     return mask.reshape(shape[:2]), digests.reshape(-1, shape[2])
 
 
@@ -155,11 +207,11 @@ def _work_pool() -> ThreadPoolExecutor:
 def _decode_delta(delta: Manifest, layout: Layout, shape, store: StoreAccess) -> tuple[np.ndarray, tuple[np.ndarray, ...], bool]:
     """A delta's change mask, its changed bytes per tensor, and whether they are XORed with the base."""
     mask, _ = _read_changes(delta, shape, store)
-    payload = store.blobs.get(delta.blobs["values"])
-    codec, values, cursor = str(delta.extra["codec"]), [], 0
-    for t, (spec, size) in enumerate(zip(layout.tensors, delta.extra["segments"])):
+    payload = store.blobs.get(delta.data.values)
+    codec, values, cursor = delta.data.codec, [], 0
+    for t, (spec, size) in enumerate(zip(layout.tensors, delta.data.segments)):
         rows = int(mask[:, t].sum())
         flat = codecs.decode(payload[cursor : cursor + int(size)], rows * spec.nbytes, spec.itemsize, codec)
         values.append(flat.reshape(rows, spec.nbytes))
         cursor += int(size)
-    return mask, tuple(values), codec in codecs.XOR_CODECS
+    return mask, tuple(values), codecs.CODECS.get(codec).xor
