@@ -8,8 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.params import RecoverParameters
-from tasks.store import export_set, recover_set, resolve_chain, resolve_set, verify_set
-from tasks.training import choose_executor
+from tasks.store import export_set, recover_set, resolve_chain, resolve_set
 
 __all__ = ["recover_model_set"]
 
@@ -20,13 +19,11 @@ def recover_model_set(params: RecoverParameters) -> dict:
     start = time.perf_counter()
     set_id = resolve_set(params.store, params.set)
     chain = resolve_chain(params.store, set_id)
-    executor = choose_executor(params.executor, params.store, set_id)
-    model_set = recover_set(params.store, set_id, params.models, executor)
-    verified = verify_set(params.store, set_id)
+    model_set, verified = recover_set(params.store, set_id, params.models, params.executor)
     files = export_set(model_set, params.output, set_id, params.models)
     report = {"set": set_id, "models": len(model_set), "chain": [c["id"] for c in chain],
               "verified": set_id in verified, "files": len(files), "output": params.output,
-              "seconds": round(time.perf_counter() - start, 3), "executor": type(executor).__name__ if executor else "default"}
+              "seconds": round(time.perf_counter() - start, 3), "executor": params.executor}
     create_markdown_artifact(_markdown(report, chain), key="recovery", description=f"Recovery of {set_id[:12]}")
     get_run_logger().info("recovered %d models of %s into %s", len(model_set), set_id[:12], params.output)
     return report

@@ -1,6 +1,6 @@
 """mmstore: save and recover thousands of related models losslessly, cheaply and verifiably."""
 
-from .arch import ArchSpec
+from .arch import ArchSpec, register_factory, register_trainer
 from .errors import (
     ArchitectureError,
     IntegrityError,
@@ -11,7 +11,7 @@ from .errors import (
 from .modelset import ModelSet
 from .provenance_records import DatasetRef, ProvenanceRecord
 from .settings import Settings
-from .store import SetInfo, Store
+from .store import RecoveryContext, SetInfo, Store
 
 __all__ = [
     "Store",
@@ -19,6 +19,7 @@ __all__ = [
     "ArchSpec",
     "Settings",
     "SetInfo",
+    "RecoveryContext",
     "MMStoreError",
     "IntegrityError",
     "NotFoundError",
@@ -26,4 +27,6 @@ __all__ = [
     "ReproductionError",
     "ProvenanceRecord",
     "DatasetRef",
+    "register_factory",
+    "register_trainer",
 ]

@@ -12,13 +12,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .arch import ArchSpec, import_trusted
+from .arch import TRAINER_KIND, ArchSpec, import_trusted
 from .layout import Layout
 from .modelset import ModelSet
 
 __all__ = ["ReplayTask", "ReplayJob", "Executor", "InProcessExecutor", "run_jobs", "TRAINER_KIND"]
-
-TRAINER_KIND = "training function"
 
 
 @dataclass(frozen=True)
@@ -71,3 +69,8 @@ class InProcessExecutor:
     def replay(self, task: ReplayTask, jobs: Sequence[ReplayJob]) -> np.ndarray:
         """Train the jobs here."""
         return run_jobs(task, jobs)
+
+
+def in_process(store: Any, set_id: str) -> InProcessExecutor:
+    """The registered `in-process` executor (entry point `mmstore.executors`)."""
+    return InProcessExecutor()

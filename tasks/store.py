@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from prefect import task
 
-from mmstore import ModelSet, ProvenanceRecord, Store
+from mmstore import ModelSet, ProvenanceRecord, RecoveryContext, Store
 from mmstore.diff import tensor_digests
 from mmstore.export import export_safetensors
 
-__all__ = ["resolve_set", "load_set", "hash_set", "diff_sets", "persist", "resolve_chain", "recover_set", "verify_set", "export_set"]
+__all__ = ["resolve_set", "load_set", "hash_set", "diff_sets", "persist", "resolve_chain", "recover_set", "export_set"]
 
 
 @task(name="resolve-set", retries=2, retry_delay_seconds=1)
@@ -65,16 +65,13 @@ def resolve_chain(store_url: str, set_id: str) -> list[dict]:
 
 
 @task(name="recover", retries=1)
-def recover_set(store_url: str, set_id: str, models: list[int] | None, executor: object | None) -> ModelSet:
-    """Recover a set (replaying provenance with `executor` where needed), verified on the way."""
-    options = {"executor": executor} if executor is not None else {}
-    return Store.open(store_url).recover(set_id, models, **options)
-
-
-@task(name="verify", retries=1)
-def verify_set(store_url: str, set_id: str) -> list[str]:
-    """Re-read and check every byte of a set's own objects."""
-    return Store.open(store_url).verify(set_id)
+def recover_set(store_url: str, set_id: str, models: list[int] | None, executor: str) -> tuple[ModelSet, list[str]]:
+    """Recover a set (replaying provenance with the executor named) and verify it with the same options."""
+    store = Store.open(store_url)
+    context = RecoveryContext(models=models, executor=executor)
+    model_set = store.recover(set_id, context=context)
+    # The same store object: what the recovery replayed is at hand, so verifying does not replay it again.
+    return model_set, store.verify(set_id, context=context)
 
 
 @task(name="export")

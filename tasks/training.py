@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 from prefect import task
 
-from envs.choice import choose
 from envs.executors import LocalExecutor
 from envs.fingerprint import capture
-from mmstore import ModelSet, Store
-from mmstore.replay import Executor, InProcessExecutor, ReplayJob, ReplayTask, run_jobs
+from mmstore import ModelSet
+from mmstore.replay import ReplayJob, ReplayTask, run_jobs
 from workloads.datasets import encode_arrays
 
-__all__ = ["train_batch", "fingerprint", "training_jobs", "assemble", "choose_executor"]
+__all__ = ["train_batch", "fingerprint", "training_jobs", "assemble"]
 
 
 @task(name="train-batch")
@@ -21,14 +20,6 @@ def train_batch(spec: ReplayTask, jobs: list[ReplayJob], workers: int) -> np.nda
     if workers == 0:
         return run_jobs(spec, jobs)
     return LocalExecutor(workers).replay(spec, jobs)
-
-
-@task(name="choose-executor")
-def choose_executor(name: str, store: str | None = None, set_id: str | None = None) -> Executor | None:
-    """The replay executor asked for; "auto" and "docker" decide by the set's recorded fingerprint."""
-    if store is None or set_id is None:
-        return {"auto": None, "local": LocalExecutor(), "in-process": InProcessExecutor()}[name]
-    return choose(name, Store.open(store), set_id)
 
 
 @task(name="fingerprint")
