@@ -1,4 +1,9 @@
-"""Export a set as one `.safetensors` file per model, loadable by any PyTorch user."""
+"""Export a set as one `.safetensors` file per model, loadable by any PyTorch user.
+
+Tied tensors are written once, under the first name of their group, and every other name of the
+group is recorded in the file's metadata as `alias -> kept name`: the convention of
+`save_model` in `safetensors.torch`, so its `load_model` restores a tied module as is.
+"""
 
 from __future__ import annotations
 
@@ -26,9 +31,10 @@ def export_safetensors(
     paths = []
     for position in track(range(len(model_set))):
         index = numbers[position]
-        tensors = {name: t.clone() for name, t in model_set.state_dict(position).items()}
+        ties = model_set.layout.ties
+        tensors = {name: t.clone() for name, t in model_set.state_dict(position).items() if name not in ties}
         path = os.path.join(out_dir, f"model-{index:05d}.safetensors")
-        metadata = {"mmstore.set": set_id, "mmstore.index": str(index), "mmstore.arch": model_set.arch.factory}
+        metadata = {**ties, "mmstore.set": set_id, "mmstore.index": str(index), "mmstore.arch": model_set.arch.factory}
         save_file(tensors, path, metadata=metadata)
         paths.append(path)
     return paths

@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
-from .arch import ArchSpec, build_module
+from .arch import ArchSpec, build_module, resolve_factory
 from .errors import ArchitectureError
 from .layout import Layout, TensorSpec, torch_dtype
 
@@ -18,12 +19,20 @@ _ALIGN = 64  # bytes; what torch's CPU allocator guarantees for ordinary tensors
 
 
 def _tensor_views(data: torch.Tensor, layout: Layout) -> dict[str, torch.Tensor]:
-    """Per tensor, an (n, *shape) view of a uint8 (n, row) tensor: no bytes are copied."""
-    views = {}
-    for spec in layout.tensors:
-        raw = data[:, spec.offset : spec.offset + spec.nbytes]
-        views[spec.name] = raw.view(torch_dtype(spec.dtype)).view(data.shape[0], *spec.shape)
-    return views
+    """Per tensor, an (n, *shape) view of a uint8 (n, row) tensor: no bytes are copied.
+
+    Tied tensors share their target's offset, so their views share its storage as well.
+    """
+    return {spec.name: _typed(data[:, spec.offset : spec.offset + spec.nbytes], spec) for spec in layout.tensors}
+
+
+def _typed(raw: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
+    """A uint8 (n, nbytes) view reinterpreted as (n, *shape) of the spec's dtype."""
+    dtype = torch_dtype(spec.dtype)
+    if spec.nbytes == 0:
+        # Reinterpreting an empty byte range is refused by torch; an empty tensor carries no bytes.
+        return torch.empty((raw.shape[0], *spec.shape), dtype=dtype)
+    return raw.view(dtype).view(raw.shape[0], *spec.shape)
 
 
 class ModelSet:
@@ -48,7 +57,7 @@ class ModelSet:
         if arch is None:
             arch = ArchSpec.of(modules[0])
         elif isinstance(arch, str):
-            arch = ArchSpec(factory=arch)
+            arch = _named(arch)
         return cls.from_state_dicts([m.state_dict() for m in modules], arch)
 
     @classmethod
@@ -62,18 +71,25 @@ class ModelSet:
         data = np.zeros((len(state_dicts), layout.row_nbytes), dtype=np.uint8)
         views = _tensor_views(torch.from_numpy(data), layout)
         for spec in layout.tensors:
-            views[spec.name].copy_(torch.stack([sd[spec.name].detach().cpu() for sd in state_dicts]))
+            if spec.name not in layout.ties:  # a tied group's bytes are written once
+                views[spec.name].copy_(torch.stack([sd[spec.name].detach().cpu() for sd in state_dicts]))
         return cls(arch, layout, data)
 
     @classmethod
     def from_stacked(cls, stacked: dict[str, torch.Tensor], arch: ArchSpec, layout: Layout) -> "ModelSet":
         """A set from per-tensor (n, *shape) stacks, e.g. the result of batched training."""
         n = len(next(iter(stacked.values())))
+        _check_shapes(layout, {name: t[0] for name, t in stacked.items()}, "the stacked tensors")
         data = np.zeros((n, layout.row_nbytes), dtype=np.uint8)
         views = _tensor_views(torch.from_numpy(data), layout)
-        layout.check({name: t[0] for name, t in stacked.items()}, "the stacked tensors")
         for name, view in views.items():
-            view.copy_(stacked[name])
+            if name not in layout.ties:
+                view.copy_(stacked[name])
+        for alias, target in layout.ties.items():
+            if not torch.equal(_bits(stacked[alias]), _bits(views[target])):
+                raise ArchitectureError(
+                    f"the stacked tensors {alias!r} and {target!r} are tied but differ; stack one value for both"
+                )
         return cls(arch, layout, data)
 
     def __len__(self) -> int:
@@ -96,7 +112,7 @@ class ModelSet:
         return _tensor_views(torch.from_numpy(self.data), self.layout)
 
     def state_dict(self, i: int) -> dict[str, torch.Tensor]:
-        """A copy of model `i`'s state dict."""
+        """A copy of model `i`'s state dict; tied names share one storage, as in the original module."""
         row = torch.from_numpy(self.data[i : i + 1].copy())
         return {name: view[0] for name, view in _tensor_views(row, self.layout).items()}
 
@@ -113,28 +129,38 @@ class ModelSet:
         return self._bind(self.data)
 
     def template(self) -> torch.nn.Module:
-        """One module built by the architecture's factory (checked against the allow-list and layout)."""
+        """One module built by the architecture's factory (checked against the allow-list and layout).
+
+        It is built on the meta device first, which allocates nothing, so a stored architecture that
+        disagrees with the layout (or claims terabytes) is refused before any memory is touched.
+        """
         if self._template is None:
-            module = build_module(self.arch, self.trusted)
-            self.layout.check(module.state_dict(), f"the module built by {self.arch.factory}")
+            what = f"the module built by {self.arch.factory}"
+            factory = resolve_factory(self.arch, self.trusted)
+            _check_shapes(self.layout, build_module(factory, self.arch, torch.device("meta")).state_dict(), what)
+            module = build_module(factory, self.arch)
+            self.layout.check(module.state_dict(), what)
             self._template = module
         return self._template
 
     def _bind(self, data: np.ndarray) -> list[torch.nn.Module]:
         template = self.template()
+        copies = _aligned_copies(data, self.layout)
         # One unbind per tensor yields every model's view in C++, not one indexing call per model.
-        per_model = [view.unbind(0) for view in _aligned_copies(data, self.layout).values()]
-        slots = [_slot(template, spec) for spec in self.layout.tensors]
+        per_model = {name: view.unbind(0) for name, view in copies.items()}
+        slots = [(*_slot(template, spec), self.layout.ties.get(spec.name, spec.name)) for spec in self.layout.tensors]
         modules = []
         for i in range(data.shape[0]):
             clone, owners = _clone_structure(template)
-            for (path, leaf, is_param, requires_grad), tensors in zip(slots, per_model):
-                owner = owners[path]
-                tensor = tensors[i]
-                if is_param:
-                    owner._parameters[leaf] = torch.nn.Parameter(tensor, requires_grad=requires_grad)
-                else:
-                    owner._buffers[leaf] = tensor
+            # A tied group gets one Parameter (or buffer) object, bound under every name, as in the original.
+            bound: dict[tuple[str, bool], torch.Tensor] = {}
+            for path, leaf, is_param, requires_grad, root in slots:
+                tensor = bound.get((root, is_param))
+                if tensor is None:
+                    tensor = per_model[root][i]
+                    tensor = torch.nn.Parameter(tensor, requires_grad=requires_grad) if is_param else tensor
+                    bound[root, is_param] = tensor
+                (owners[path]._parameters if is_param else owners[path]._buffers)[leaf] = tensor
             modules.append(clone)
         return modules
 
@@ -148,11 +174,41 @@ def _aligned_copies(data: np.ndarray, layout: Layout) -> dict[str, torch.Tensor]
     source = torch.from_numpy(data)
     copies = {}
     for spec in layout.tensors:
+        if spec.name in layout.ties:  # bound to the target's copy
+            continue
         stride = -(-spec.nbytes // _ALIGN) * _ALIGN
         buffer = torch.empty((data.shape[0], stride), dtype=torch.uint8)
         buffer[:, : spec.nbytes].copy_(source[:, spec.offset : spec.offset + spec.nbytes])
-        copies[spec.name] = buffer[:, : spec.nbytes].view(torch_dtype(spec.dtype)).view(data.shape[0], *spec.shape)
+        copies[spec.name] = _typed(buffer[:, : spec.nbytes], spec)
     return copies
+
+
+def _named(factory: str) -> ArchSpec:
+    try:
+        return ArchSpec(factory=factory)
+    except ValidationError:
+        raise ArchitectureError(f"{factory[:80]!r} is not an architecture path 'package.module:Name'") from None
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+
+
+def _check_shapes(layout: Layout, state: dict[str, torch.Tensor], what: str) -> None:
+    """Names, dtypes and shapes against the layout; works on meta tensors, which hold no storage."""
+    expected = [(t.name, t.dtype, t.shape) for t in layout.tensors]
+    actual = [(name, str(t.dtype).removeprefix("torch."), tuple(t.shape)) for name, t in state.items()]
+    for want, got in zip(expected, actual):
+        if want != got:
+            raise ArchitectureError(
+                f"{what}: tensor {got[0]!r} is {got[1]}{list(got[2])}, the set expects {want[0]!r} as "
+                f"{want[1]}{list(want[2])}; the stored architecture does not match the stored parameters"
+            )
+    if len(expected) != len(actual):
+        raise ArchitectureError(
+            f"{what} has {len(actual)} tensors, the set {len(expected)}; "
+            "the stored architecture does not match the stored parameters"
+        )
 
 
 def _slot(template: torch.nn.Module, spec: TensorSpec) -> tuple[str, str, bool, bool]:

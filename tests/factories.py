@@ -15,11 +15,17 @@ SPECIALS = {
     torch.float64: [float("nan"), -0.0, 5e-324],
     torch.float16: [float("nan"), -0.0, 6e-8],
     torch.bfloat16: [float("nan"), -0.0],
+    torch.float8_e4m3fn: [float("nan"), -0.0],
+    torch.float8_e5m2: [float("nan"), -0.0, float("inf")],
 }
 
 
 def random_state(module: torch.nn.Module, rng: np.random.Generator) -> None:
-    """Overwrite every tensor of `module` with random bits (NaN payloads, denormals, -0.0 appear)."""
+    """Overwrite every tensor of `module` with random bits (NaN payloads, denormals, -0.0 appear).
+
+    Bytes are written through a uint8 view, so unsigned and float8 tensors get every bit pattern
+    without any arithmetic on their dtype.
+    """
     with torch.no_grad():
         for name, t in module.state_dict(keep_vars=True).items():
             if t.dtype == torch.bool:
@@ -29,7 +35,7 @@ def random_state(module: torch.nn.Module, rng: np.random.Generator) -> None:
             t.view(-1).view(torch.uint8).copy_(torch.from_numpy(raw))
             specials = SPECIALS.get(t.dtype)
             if specials and t.numel() > len(specials):
-                t.view(-1)[: len(specials)] = torch.tensor(specials, dtype=t.dtype)
+                t.view(-1)[: len(specials)] = torch.tensor(specials, dtype=torch.float32).to(t.dtype)
 
 
 def adversarial_set(n: int, seed: int) -> ModelSet:
@@ -51,7 +57,7 @@ def random_rows(model_set: ModelSet, seed: int) -> ModelSet:
 
 
 def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bitwise equality (NaN payloads and -0.0 distinguished)."""
+    """Bitwise equality (NaN payloads and -0.0 distinguished), for every dtype float8 included."""
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
     return torch.equal(a.contiguous().view(-1).view(torch.uint8), b.contiguous().view(-1).view(torch.uint8))

@@ -8,8 +8,8 @@ import torch
 
 from mmstore import ArchitectureError, ArchSpec, ModelSet
 
-from .archs import AllDtypes, Small
-from .factories import adversarial_set, bits_equal
+from .archs import AllDtypes, EveryDtype, Small
+from .factories import adversarial_set, bits_equal, random_state
 
 
 def _small_modules(n: int, seed: int = 0) -> list[Small]:
@@ -101,3 +101,51 @@ def test_select_copies_rows_in_order():
     assert np.array_equal(sub.data, ms.data[[4, 1]])
     sub.data[0, 0] ^= 1
     assert not np.array_equal(sub.data[0], ms.data[4])
+
+
+REQUIRED_DTYPES = {
+    torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,
+    torch.complex128, torch.complex64, torch.int64, torch.int32, torch.int16, torch.int8,
+    torch.uint64, torch.uint16, torch.uint8, torch.bool,
+}
+
+
+def test_every_dtype_round_trips_bit_for_bit_through_a_store_state_dicts_and_modules(local_store):
+    rng = np.random.default_rng(11)
+    originals = []
+    for _ in range(3):
+        m = EveryDtype()
+        random_state(m, rng)
+        originals.append(m)
+    assert {t.dtype for t in originals[0].state_dict().values()} >= REQUIRED_DTYPES
+    ms = ModelSet.from_modules(originals)
+    stored = local_store.recover(local_store.save(ms))
+    assert stored.equals(ms)
+    for i, (original, module) in enumerate(zip(originals, stored.to_modules())):
+        for name, t in original.state_dict().items():
+            assert bits_equal(stored.state_dict(i)[name], t), name
+            assert bits_equal(module.state_dict()[name], t), name
+
+
+def test_zero_size_tensors_round_trip():
+    built = adversarial_set(2, seed=4)
+    ms = ModelSet(built.arch, built.layout, built.data, ("tests",))
+    for module in [ms.model(0), *ms.to_modules()]:
+        assert module.empty.shape == (0,) and module.empty.dtype == torch.float32
+        assert isinstance(module.empty, torch.nn.Parameter)
+        assert module.empty2d.shape == (3, 0) and module.empty2d.dtype == torch.int16
+    sd = ms.state_dict(1)
+    assert sd["empty"].shape == (0,) and sd["empty2d"].shape == (3, 0)
+    assert ms.layout.spec("empty").nbytes == 0
+
+
+class Outer:
+    """A namespace holding a module class: readers cannot import nested classes."""
+
+    class Inner(torch.nn.Module):
+        """An empty module."""
+
+
+def test_nested_classes_need_module_level():
+    with pytest.raises(ArchitectureError, match="module level"):
+        ArchSpec.of(Outer.Inner())
