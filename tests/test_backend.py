@@ -143,11 +143,11 @@ def test_read_only_file_system_refuses_saves_but_reads(tiny_fs):
 
 def test_opening_creates_nothing_and_the_first_write_creates_the_root(tmp_path):
     root = tmp_path / "a" / "b" / "store"
-    store = Store.open(str(root), TEST_SETTINGS)
-    assert store.list() == [] and store.lineages() == {}
+    backend = open_backend(str(root))
+    assert backend.list("sets") == [] and not backend.exists("refs/fleet")
     assert not (tmp_path / "a").exists()
-    set_id = store.save(small_set(3, seed=5), lineage="fleet")
-    assert Store.open(str(root), TEST_SETTINGS).resolve("fleet") == set_id
+    assert backend.put("sets/x.json", b"{}", exclusive=True)
+    assert open_backend(str(root)).get("sets/x.json") == b"{}"
 
 
 def test_list_hides_exactly_the_backends_own_files(tmp_path):
