@@ -94,7 +94,7 @@ class Manifest(BaseModel):
     schema_version: Literal[2] = FORMAT_VERSION
     approach: Annotated[str, StringConstraints(pattern=r"\A[a-z][a-z0-9-]{0,63}\Z")]
     arch: BlobRef
-    n_models: int = Field(ge=1, le=_MAX_MODELS)
+    n_models: int = Field(ge=1, le=_MAX_MODELS, strict=True)  # strict: JSON true is not a model count
     base: Hex64 | None = None
     lineage: LineageName | None = None
     created: Annotated[str, StringConstraints(pattern=r"\A[0-9T:.+Z-]{10,40}\Z")]

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from envs.fingerprint import capture
-from mmstore import ModelSet, ProvenanceRecord, Store
+from mmstore import ModelSet, ProvenanceRecord, Store, register_trainer
 from mmstore.arch import import_trusted
 from workloads.datasets import encode_arrays, write_datasets
 from workloads.models import FFNN48, seeded_model
@@ -73,6 +73,7 @@ def provenance_chain():
 _CALLS = [0]
 
 
+@register_trainer
 def drifting_train(model, dataset: bytes, recipe: dict):
     """A deliberately non-reproducible trainer: each call nudges `net.4.bias` by a different amount."""
     _CALLS[0] += 1
