@@ -15,7 +15,7 @@ from mmstore import Settings, Store
 hypothesis_settings.register_profile("mmstore", derandomize=True, deadline=None)
 hypothesis_settings.load_profile("mmstore")
 
-TEST_SETTINGS = Settings(trusted_modules=("tests",))
+TEST_SETTINGS = Settings(trusted_modules=("tests",), dataset_roots=("memory://provenance-datasets",))
 
 
 def _free_port() -> int:

@@ -16,6 +16,9 @@ from mmstore.replay import InProcessExecutor
 from .conftest import TEST_SETTINGS
 from .provenance_fleet import initial_set, retrain
 
+# The default dataset roots: only the store's own dataset location, beside it.
+SETTINGS = TEST_SETTINGS.model_copy(update={"dataset_roots": ()})
+
 N = 40
 # One U3 cycle at 5% + 5%: two models retrained fully, two in their last layer only.
 PLAN = {3: "full", 17: "full", 8: "partial", 31: "partial"}
@@ -36,15 +39,20 @@ class SpyExecutor(InProcessExecutor):
 @pytest.fixture
 def cycle(tmp_path):
     """A store holding an initial set and one U3 cycle derived from it; datasets under tmp_path."""
-    store = Store.open(str(tmp_path / "store"), TEST_SETTINGS)
+    store = Store.open(str(tmp_path / "store"), SETTINGS)
     base = initial_set(N, seed=1)
-    derived, record = retrain(base, PLAN, str(tmp_path / "datasets"), cycle=1, seed=1)
+    derived, record = retrain(base, PLAN, datasets(tmp_path), cycle=1, seed=1)
     store.save(base, approach="provenance", lineage="fleet")
     set_id = store.save(derived, approach="provenance", lineage="fleet", provenance=record)
     return store, set_id, derived, record
 
 
-def fresh(store: Store, settings: Settings = TEST_SETTINGS) -> Store:
+def datasets(tmp_path) -> str:
+    """The dataset location of the store at tmp_path/store, by convention."""
+    return str(tmp_path / "store-datasets")
+
+
+def fresh(store: Store, settings: Settings = SETTINGS) -> Store:
     """The same store through a new object: no manifests or rows cached."""
     return Store(store.backend, settings)
 
@@ -75,7 +83,7 @@ def test_derived_set_stores_only_records_and_partial_updates_only_last_layer_dig
 
 def test_recipe_and_environment_are_shared_across_sets(cycle, tmp_path):
     store, set_id, derived, _ = cycle
-    again, record = retrain(derived, {5: "full", 6: "partial"}, str(tmp_path / "datasets"), cycle=2, seed=1)
+    again, record = retrain(derived, {5: "full", 6: "partial"}, datasets(tmp_path), cycle=2, seed=1)
     second = store.save(again, approach="provenance", lineage="fleet", provenance=record)
     first, latest = store.manifest(set_id), store.manifest(second)
     assert first.blobs["recipe"] == latest.blobs["recipe"]
@@ -86,7 +94,7 @@ def test_recipe_and_environment_are_shared_across_sets(cycle, tmp_path):
 
 def test_tampered_dataset_is_named_before_any_training(cycle, tmp_path):
     store, set_id, derived, record = cycle
-    later, next_record = retrain(derived, {5: "full"}, str(tmp_path / "datasets"), cycle=2, seed=1)
+    later, next_record = retrain(derived, {5: "full"}, datasets(tmp_path), cycle=2, seed=1)
     latest = store.save(later, approach="provenance", lineage="fleet", provenance=next_record)
     # Tamper with a dataset of the older set: even the newer set's replay must not start.
     uri = record.changes[17][1].uri
@@ -115,8 +123,10 @@ def test_missing_dataset_is_named(cycle):
 def own_trainer(tmp_path, monkeypatch):
     """A trusted training module in tmp_path whose source a test can change."""
     (tmp_path / "mytrainer.py").write_text(textwrap.dedent("""
+        from mmstore import register_trainer
         from workloads.training import train_from_bytes
 
+        @register_trainer
         def train(model, dataset, recipe):
             return train_from_bytes(model, dataset, recipe)
     """))
@@ -126,10 +136,10 @@ def own_trainer(tmp_path, monkeypatch):
 
 
 def test_changed_training_function_is_refused_unless_forced(tmp_path, own_trainer):
-    settings = Settings(trusted_modules=("tests", "mytrainer"))
+    settings = SETTINGS.model_copy(update={"trusted_modules": ("tests", "mytrainer")})
     store = Store.open(str(tmp_path / "store"), settings)
     base = initial_set(N, seed=2)
-    derived, record = retrain(base, PLAN, str(tmp_path / "datasets"), 1, 2, trainer="mytrainer:train")
+    derived, record = retrain(base, PLAN, datasets(tmp_path), 1, 2, trainer="mytrainer:train")
     store.save(base, approach="provenance", lineage="fleet")
     set_id = store.save(derived, approach="provenance", lineage="fleet", provenance=record)
     own_trainer.write_text(own_trainer.read_text() + "\n# edited after the set was saved\n")
@@ -141,9 +151,9 @@ def test_changed_training_function_is_refused_unless_forced(tmp_path, own_traine
 
 
 def test_non_reproducible_training_names_model_and_tensor(tmp_path):
-    store = Store.open(str(tmp_path / "store"), TEST_SETTINGS)
+    store = Store.open(str(tmp_path / "store"), SETTINGS)
     base = initial_set(N, seed=3)
-    derived, record = retrain(base, {17: "full"}, str(tmp_path / "d"), 1, 3, trainer="tests.provenance_fleet:drifting_train")
+    derived, record = retrain(base, {17: "full"}, datasets(tmp_path), 1, 3, trainer="tests.provenance_fleet:drifting_train")
     store.save(base, approach="provenance", lineage="fleet")
     set_id = store.save(derived, approach="provenance", lineage="fleet", provenance=record)
     with pytest.raises(ReproductionError, match=r"model 17 .*'net\.4\.bias'"):
@@ -151,9 +161,9 @@ def test_non_reproducible_training_names_model_and_tensor(tmp_path):
 
 
 def test_partial_update_that_touches_frozen_layers_is_caught(tmp_path):
-    store = Store.open(str(tmp_path / "store"), TEST_SETTINGS)
+    store = Store.open(str(tmp_path / "store"), SETTINGS)
     base = initial_set(N, seed=4)
-    derived, record = retrain(base, {8: "partial"}, str(tmp_path / "d"), 1, 4)
+    derived, record = retrain(base, {8: "partial"}, datasets(tmp_path), 1, 4)
     store.save(base, approach="provenance", lineage="fleet")
     set_id = store.save(derived, approach="provenance", lineage="fleet", provenance=record)
     with pytest.raises(ReproductionError, match=r"model 8 .*'net\.0\.weight'"):
@@ -197,11 +207,21 @@ def test_incompatible_environment_is_refused_before_training(tmp_path):
 
     fp = capture()
     other = fp.model_copy(update={"torch": fp.torch.model_copy(update={"version": "1.7.1"})}).to_json().decode()
-    store = Store.open(str(tmp_path / "store"), TEST_SETTINGS)
+    store = Store.open(str(tmp_path / "store"), SETTINGS)
     base = initial_set(N, seed=5)
-    derived, record = retrain(base, {3: "full"}, str(tmp_path / "d"), 1, 5)
+    derived, record = retrain(base, {3: "full"}, datasets(tmp_path), 1, 5)
     store.save(base, approach="provenance", lineage="fleet")
     set_id = store.save(derived, approach="provenance", lineage="fleet", provenance=record.model_copy(update={"environment": other}))
     with pytest.raises(EnvironmentMismatchError, match=r"torch\.version"):
         fresh(store).recover(set_id)
     assert fresh(store).recover(set_id, executor=LocalExecutor(force=True)).equals(derived)
+
+
+def test_dataset_outside_the_store_location_is_refused_at_save(tmp_path):
+    store = Store.open(str(tmp_path / "store"), SETTINGS)
+    base = initial_set(N, seed=6)
+    derived, record = retrain(base, {3: "full"}, str(tmp_path / "elsewhere"), 1, 6)
+    store.save(base, approach="provenance", lineage="fleet")
+    with pytest.raises(DatasetError, match="outside the dataset roots.*MMSTORE_DATASET_ROOTS"):
+        store.save(derived, approach="provenance", lineage="fleet", provenance=record)
+    assert len(store.list()) == 1
