@@ -5,17 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from . import probe_cli
-from .arch import import_trusted
-from .errors import MMStoreError
+from .errors import MMStoreError, NotFoundError
 from .settings import Settings
 from .store import SetInfo, Store
 
@@ -27,7 +29,8 @@ _err = Console(stderr=True)
 def progress(items: Sequence[Any], label: str) -> Iterable[Any]:
     """Iterate over `items` showing a progress bar on stderr."""
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=_err, transient=True, disable=len(items) < 2) as bar:
+    # Only on a terminal: elsewhere a bar is noise, and an interrupted one leaves a blank line before the error.
+    with Progress(*columns, console=_err, transient=True, disable=len(items) < 2 or not _err.is_terminal) as bar:
         yield from bar.track(items, total=len(items))
 
 
@@ -95,27 +98,35 @@ def cmd_du(store: Store, args: argparse.Namespace) -> None:
 
 def cmd_export(store: Store, args: argparse.Namespace) -> None:
     """Write one .safetensors file per model of a set."""
-    from .export import export_safetensors
+    from .export import check_out_dir, export_safetensors
 
+    models = _models(args.models)
+    check_out_dir(args.out)
     set_id = store.resolve(args.set)
-    models = [int(x) for x in args.models.split(",")] if args.models else None
-    model_set = store.recover(set_id, models, executor=_executor(store, set_id, args.executor))
+    # Only provenance sets replay; they build the executor the name registers (`mmstore.executors`).
+    model_set = store.recover(set_id, models, executor=args.executor)
     paths = export_safetensors(model_set, args.out, set_id, models, lambda items: progress(items, "exporting"))
     _emit(args, {"set": set_id, "files": paths}, lambda d: print(f"wrote {len(d['files'])} files to {args.out}"))
 
 
-def _executor(store: Store, set_id: str, name: str) -> Any:
-    # Only replays need an executor; the chooser is an import path resolved through the allow-list.
-    if store.manifest(set_id).approach != "provenance":
+_INDICES = re.compile(r"[0-9]+(?:,[0-9]+)*")
+
+
+def _models(text: str | None) -> list[int] | None:
+    if text is None:
         return None
-    choose = import_trusted(store.settings.executor_chooser, store.settings.allowed_prefixes(), "executor chooser")
-    return choose(name, store, set_id)
+    compact = text.replace(" ", "")
+    if not _INDICES.fullmatch(compact):
+        raise MMStoreError(f"--models {text!r} is invalid; give model indices separated by commas, e.g. --models 0,5,17")
+    return [int(part) for part in compact.split(",")]
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
     """The argument parser of the `mmstore` command."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of a failure")
     parser = argparse.ArgumentParser(prog="mmstore", description=__doc__, parents=[common])
     parser.add_argument("--store", default=settings.store, help="store URL (default: $MMSTORE_STORE or %(default)s)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,19 +148,64 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     return parser
 
 
+def _local_path(url: str) -> str | None:
+    if url.startswith("file://"):
+        return url.removeprefix("file://")
+    return None if "://" in url else url
+
+
+def _open_store(url: str, settings: Settings) -> Store:
+    # Reading never creates a store: a missing local directory is a mistyped path or an unset MMSTORE_STORE.
+    path = _local_path(url)
+    if path is not None and not os.path.exists(path):
+        raise NotFoundError(f"no store at {url}; pass --store URL or set MMSTORE_STORE")
+    return Store.open(url, settings)
+
+
+def _settings_problem(exc: ValueError) -> str:
+    if isinstance(exc, ValidationError):
+        fields = "; ".join(f"MMSTORE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        return f"invalid settings ({fields}); correct or unset those environment variables"
+    return f"invalid MMSTORE_* settings ({exc}); correct or unset those environment variables"
+
+
+def _fail(message: str, code: int) -> int:
+    # Exactly one line, printed literally: a message may quote stored text holding newlines or rich markup.
+    line = " ".join(message.split())
+    _err.print(Text.assemble(("error:", "red"), " ", line), soft_wrap=True, highlight=False)
+    return code
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        args.func(_open_store(args.store, settings), args)
+    except MMStoreError as exc:
+        if args.debug:
+            raise
+        return _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except BrokenPipeError:
+        # Whoever read the output went away (`| head`); silence the flush at exit that would fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:  # a bug: say so in one line, keep the traceback for --debug
+        if args.debug:
+            raise
+        return _fail(f"internal error: {type(exc).__name__}: {exc}; rerun with --debug and report it", 2)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code."""
-    settings = Settings()
+    """Run the CLI; returns the process exit code (1: a failure to act on, 2: a usage error or a bug)."""
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        return _fail(_settings_problem(exc), 1)
     args = build_parser(settings).parse_args(argv)
     args.json = getattr(args, "json", False)
-    try:
-        if "://" not in args.store and args.command != "ls" and not os.path.isdir(args.store):
-            raise MMStoreError(f"no store at {args.store}; pass --store URL or set MMSTORE_STORE")
-        args.func(Store.open(args.store, settings), args)
-    except MMStoreError as exc:
-        _err.print(f"[red]error:[/red] {exc}", highlight=False)
-        return 1
-    return 0
+    args.debug = getattr(args, "debug", False)
+    return _run(args, settings)
 
 
 if __name__ == "__main__":

@@ -99,3 +99,23 @@ def test_console_script_runs(filled, tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["lineages"]["fleet"] == ids[-1]
+
+
+def test_ls_on_a_missing_directory_fails_and_creates_nothing(tmp_path, capsys):
+    code, _, err = run(capsys, "--store", str(tmp_path / "absent"), "ls")
+    assert code == 1 and err.startswith("error: no store at")
+    assert not (tmp_path / "absent").exists()
+
+
+def test_a_bug_is_one_line_with_exit_2_and_debug_reraises(filled, capsys, monkeypatch):
+    # A stand-in for a bug: no user input can make the CLI raise anything but an MMStoreError.
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom [red]")
+
+    monkeypatch.setattr("mmstore.cli.Store.open", broken)
+    store, _, _ = filled
+    code, _, err = run(capsys, "--store", store.url, "ls")
+    assert code == 2
+    assert err == "error: internal error: RuntimeError: boom [red]; rerun with --debug and report it\n"
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["--store", store.url, "--debug", "ls"])
