@@ -14,7 +14,7 @@ Approach = Literal["baseline", "update", "provenance"]
 class FleetUpdateParameters(BaseModel):
     """One update cycle (use case U3) of a fleet's lineage."""
 
-    store: str = Field("./mmstore-data", description="Store URL: a directory, file://, or s3://bucket/prefix")
+    store: str = Field("./mmstore-data/update", description="Store URL: a directory, file://, or s3://bucket/prefix")
     lineage: str = Field("fleet-0", description="The fleet's lineage (fleet-<seed>): its newest set is the base")
     approach: Approach = Field("update", description="How the new set is stored")
     datasets: str | None = Field(None, description="Where the cells' new data go (default: the store URL + '-datasets')")
@@ -27,8 +27,8 @@ class FleetUpdateParameters(BaseModel):
 class RecoverParameters(BaseModel):
     """Recover a set (use case U4): rebuild its chain, recover, verify and export it."""
 
-    store: str = Field("./mmstore-data", description="Store URL")
-    set: str = Field(..., description="Set id, unique id prefix, or lineage name")
+    store: str = Field("./mmstore-data/update", description="Store URL")
+    set: str = Field("fleet-0", description="Set id, unique id prefix, or lineage name")
     models: list[int] | None = Field(None, description="Model indices to recover (default: all)")
     executor: Literal["auto", "local", "docker", "in-process"] = Field(
         "auto", description="Where provenance replays run (auto: here when this environment is compatible with the "
@@ -40,7 +40,7 @@ class RecoverParameters(BaseModel):
 class ScenarioParameters(BaseModel):
     """The paper's sequence: U1, then `cycles` times U3, for one approach."""
 
-    store: str = Field("./mmstore-data", description="Store URL")
+    store: str = Field("./mmstore-data/update", description="Store URL")
     cells: int = Field(500, ge=1, description="Fleet size: one model per battery cell")
     cycles: int = Field(3, ge=0, description="Update cycles after the initial set")
     approach: Approach = "update"
