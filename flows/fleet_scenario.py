@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import get_args
 
 from prefect import flow
 
 from flows import local_run_settings
 from flows.fleet_update import datasets_location, fleet_update
-from flows.params import FleetUpdateParameters, ScenarioParameters
+from flows.params import Approach, FleetUpdateParameters, ScenarioParameters
 from flows.save_model_set import save_model_set
 from tasks.fleet import initial_models
 
@@ -43,7 +44,7 @@ def _compare(args: argparse.Namespace) -> dict:
     from mmstore import Store
 
     results = {}
-    for approach in ("baseline", "update", "provenance"):
+    for approach in get_args(Approach):
         store = f"{args.store.rstrip('/')}/{approach}"
         start = time.perf_counter()
         out = fleet_scenario(_params(args, approach, store))
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store", default="./mmstore-data")
     parser.add_argument("--cells", type=int, default=500)
     parser.add_argument("--cycles", type=int, default=3)
-    parser.add_argument("--approach", choices=["baseline", "update", "provenance"], default="update")
+    parser.add_argument("--approach", choices=get_args(Approach), default="update")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arch", choices=["ffnn48", "ffnn69"], default="ffnn48")
     parser.add_argument("--datasets", default=None, help="dataset location (default: STORE-datasets)")

@@ -6,9 +6,14 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-__all__ = ["FleetUpdateParameters", "RecoverParameters", "ScenarioParameters", "Approach"]
+import mmstore.approaches  # noqa: F401  (registers the built-in approaches)
+from mmstore.plugins import APPROACHES, EXECUTORS
 
-Approach = Literal["baseline", "update", "provenance"]
+__all__ = ["FleetUpdateParameters", "RecoverParameters", "ScenarioParameters", "Approach", "ExecutorName"]
+
+# The UI's choices are the registries' names: a plug-in that registers one appears in the form.
+Approach = Literal[APPROACHES.names()]  # type: ignore[valid-type]
+ExecutorName = Literal[EXECUTORS.names()]  # type: ignore[valid-type]
 
 
 class FleetUpdateParameters(BaseModel):
@@ -30,7 +35,7 @@ class RecoverParameters(BaseModel):
     store: str = Field("./mmstore-data/update", description="Store URL")
     set: str = Field("fleet-0", description="Set id, unique id prefix, or lineage name")
     models: list[int] | None = Field(None, description="Model indices to recover (default: all)")
-    executor: Literal["auto", "local", "docker", "in-process"] = Field(
+    executor: ExecutorName = Field(
         "auto", description="Where provenance replays run (auto: here when this environment is compatible with the "
         "recorded one, else in the pinned image the set was trained in)"
     )

@@ -7,13 +7,14 @@ import errno
 import fcntl
 import os
 import re
+import stat
 import uuid
 from typing import IO, Any, Protocol
 
 import fsspec
 
 from .backend_errors import GuardedFile, configured_endpoint, local_errors, missing, open_filesystem, remote_errors
-from .errors import ConflictError, StoreURLError
+from .errors import ConflictError, FormatError, StoreURLError
 
 __all__ = ["Backend", "LocalBackend", "FsspecBackend", "open_backend"]
 
@@ -79,6 +80,25 @@ class LocalBackend:
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *key.split("/"))
 
+    def _contained(self, key: str) -> str:
+        """The path of `key` for reading, if it resolves to a regular file inside the store.
+
+        A store copied from elsewhere may hold symbolic links or device files; following them would
+        read outside the store (or block on a pipe), so they are refused before anything is opened.
+        """
+        path = self._path(key)
+        real = os.path.realpath(path)
+        try:
+            regular = stat.S_ISREG(os.stat(real).st_mode)
+        except OSError:  # absent: the read that follows reports it
+            return path
+        if not regular or not real.startswith(os.path.realpath(self.root) + os.sep):
+            raise FormatError(
+                f"{key} in {self.url} is a link leading out of the store or not a regular file; "
+                "the store was forged or damaged: restore it from a backup"
+            )
+        return path
+
     def _fsync_dir(self, path: str) -> None:
         if self.durable:
             fd = os.open(path, os.O_RDONLY)
@@ -133,7 +153,7 @@ class LocalBackend:
         return True
 
     def get(self, key: str) -> bytes:
-        path = self._path(key)
+        path = self._contained(key)
         with self._guard(path, "read"):
             try:
                 with open(path, "rb") as f:
@@ -142,7 +162,7 @@ class LocalBackend:
                 raise missing(self.url, key) from None
 
     def open(self, key: str) -> IO[bytes]:
-        path = self._path(key)
+        path = self._contained(key)
         with self._guard(path, "read"):
             try:
                 file = open(path, "rb", buffering=0)
@@ -154,7 +174,7 @@ class LocalBackend:
         return os.path.exists(self._path(key))
 
     def size(self, key: str) -> int:
-        path = self._path(key)
+        path = self._contained(key)
         with self._guard(path, "read"):
             try:
                 return os.path.getsize(path)

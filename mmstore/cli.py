@@ -18,6 +18,7 @@ from rich.text import Text
 
 from . import probe_cli
 from .errors import MMStoreError, NotFoundError
+from .plugins import EXECUTORS
 from .settings import Settings
 from .store import SetInfo, Store
 
@@ -141,7 +142,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     export = sub.choices["export"]
     export.add_argument("--out", required=True, help="directory to write the files into")
     export.add_argument("--models", help="comma-separated model indices (default: all)")
-    export.add_argument("--executor", choices=("auto", "local", "docker", "in-process"), default="auto",
+    export.add_argument("--executor", choices=EXECUTORS.names(), default=settings.replay_executor,
                         help="where provenance replays run (auto: here if this environment is compatible with the "
                         "recorded one, else in the pinned image the set was trained in)")
     probe_cli.register(sub, common)

@@ -26,6 +26,19 @@ def check_out_dir(out_dir: str) -> None:
         raise OutputError(f"{out_dir} is an existing file; give a directory to export into (it is created if missing)")
 
 
+# What the safetensors format can hold of the layout's dtypes.
+_NOT_IN_SAFETENSORS = ("complex128",)
+
+
+def _check_dtypes(model_set: ModelSet) -> None:
+    for spec in model_set.layout.tensors:
+        if spec.dtype in _NOT_IN_SAFETENSORS:
+            raise OutputError(
+                f"tensor {spec.name!r} is {spec.dtype}, which the safetensors format cannot hold; "
+                "read the models with Store.recover(...).state_dict(i) instead"
+            )
+
+
 def _written(path: str, write: Callable[[], None]) -> None:
     try:
         write()
@@ -43,6 +56,7 @@ def export_safetensors(
 ) -> list[str]:
     """Write `model-<index>.safetensors` for each model; `indices` are the models' numbers in the set."""
     check_out_dir(out_dir)
+    _check_dtypes(model_set)
     _written(out_dir, lambda: os.makedirs(out_dir, exist_ok=True))
     numbers = list(indices) if indices is not None else list(range(len(model_set)))
     paths = []
