@@ -19,7 +19,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MMSTORE_", frozen=True)
 
-    store: str = Field("./mmstore-data", description="Default store URL for the CLI and flows.")
+    store: str = Field("./mmstore-data/update", description="Default store URL for the CLI and flows.")
     trusted_modules: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Extra module prefixes whose factories may be imported (comma separated)."
     )

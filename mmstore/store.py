@@ -137,7 +137,9 @@ class Store:
             if isinstance(version, int) and version > FORMAT_VERSION:
                 raise NewerFormatError(f"the store at {self.url} was written by a newer mmstore (format {version}); upgrade mmstore")
         elif not self.backend.list("sets"):
-            raise NotFoundError(f"there is no mmstore store at {self.url}; check the URL (a store is created by its first save)")
+            raise NotFoundError(
+                f"there is no mmstore store at {self.url}; pass --store URL or set MMSTORE_STORE (a store is created by its first save)"
+            )
         self._is_store = True
 
     def _lineage_head(self, lineage: str | None) -> str | None:
@@ -146,7 +148,7 @@ class Store:
         if not isinstance(lineage, str) or not _LINEAGE.fullmatch(lineage):
             raise MMStoreError(
                 f"lineage name {str(lineage)[:80]!r} is invalid; use up to 128 letters, digits, '.', '_' and '-', "
-                "starting with a letter or digit and not ending in '.lock'"
+                "starting with a letter or digit, not ending in '.lock' and without '.tmp-'"
             )
         return self._ref(lineage)
 
