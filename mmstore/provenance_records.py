@@ -15,8 +15,9 @@ import fsspec
 import zstandard
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
+from .codecs import decompress_bounded
 from .digest import digest_bytes
-from .errors import DatasetError, IntegrityError, MMStoreError
+from .errors import DatasetError, FormatError, MMStoreError
 from .manifest import canonical_json
 from .settings import Settings
 
@@ -131,12 +132,14 @@ def encode_changes(changes: ChangeList) -> bytes:
     return zstandard.ZstdCompressor(level=19).compress(canonical_json(changes))
 
 
-def decode_changes(data: bytes, set_id: str) -> ChangeList:
-    """The change list of set `set_id` from its stored bytes."""
+def decode_changes(data: bytes, set_id: str, max_bytes: int) -> ChangeList:
+    """The change list of set `set_id` from its stored bytes, decoded into at most `max_bytes`."""
+    what = f"the change list of set {set_id[:12]}"
+    raw = decompress_bounded(data, max_bytes, what, at_most=True)
     try:
-        return ChangeList.model_validate_json(zstandard.ZstdDecompressor().decompress(data))
-    except (zstandard.ZstdError, ValidationError) as exc:
-        raise IntegrityError(f"the change list of set {set_id[:12]} is not readable ({exc}); the store is damaged") from exc
+        return ChangeList.model_validate_json(raw)
+    except ValidationError as exc:
+        raise FormatError(f"{what} is not valid ({str(exc)[:160]}); the store was forged or damaged") from None
 
 
 @dataclass(frozen=True)

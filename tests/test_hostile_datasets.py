@@ -202,7 +202,7 @@ def test_malformed_references_are_refused(fields, roots, opened):
     # A change list that carries one does not decode.
     entry = ChangedModel.model_construct(model=0, recipe="full", dataset=forged(**ref), tensors={})
     with pytest.raises(IntegrityError, match="change list"):
-        decode_changes(encode_changes(ChangeList.model_construct(schema_version=1, models=(entry,))), "f" * 64)
+        decode_changes(encode_changes(ChangeList.model_construct(schema_version=1, models=(entry,))), "f" * 64, 1 << 20)
     with pytest.raises(ValueError):
         DatasetRef(**ref)
     assert opened == []

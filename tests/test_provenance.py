@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
 from mmstore import DatasetRef, MMStoreError, ReproductionError, Settings, Store
-from mmstore.errors import DatasetError, EnvironmentMismatchError, TrainerChangedError
+from mmstore.errors import DatasetError, EnvironmentMismatchError, IntegrityError, TrainerChangedError
 from mmstore.provenance_records import decode_changes
 from mmstore.replay import InProcessExecutor
 
+from . import forge
 from .conftest import TEST_SETTINGS
 from .provenance_fleet import initial_set, retrain
 
@@ -70,7 +73,7 @@ def test_derived_set_stores_only_records_and_partial_updates_only_last_layer_dig
     store, set_id, _, record = cycle
     manifest = store.manifest(set_id)
     assert sorted(manifest.blobs) == ["changes", "environment", "recipe"]
-    changes = decode_changes(store.blobs.get(manifest.blobs["changes"]).tobytes(), set_id)
+    changes = decode_changes(store.blobs.get(manifest.blobs["changes"]).tobytes(), set_id, 1 << 20)
     by_model = {entry.model: entry for entry in changes.models}
     assert sorted(by_model) == sorted(PLAN)
     assert sorted(by_model[8].tensors) == ["net.6.bias", "net.6.weight"]
@@ -225,3 +228,13 @@ def test_dataset_outside_the_store_location_is_refused_at_save(tmp_path):
     with pytest.raises(DatasetError, match="outside the dataset roots.*MMSTORE_DATASET_ROOTS"):
         store.save(derived, approach="provenance", lineage="fleet", provenance=record)
     assert len(store.list()) == 1
+
+
+def test_a_change_list_bomb_is_refused_before_it_is_decoded(cycle):
+    """A re-hashed replay set whose change list inflates to 1 GiB is refused at its bound, quickly."""
+    store, set_id, _, _ = cycle
+    forged = forge.forge_blob(Path(store.url), "fleet", "changes", forge.zstd_bomb())
+    start = time.perf_counter()
+    with pytest.raises(IntegrityError, match="change list"):
+        fresh(store).recover(forged, executor="in-process")
+    assert time.perf_counter() - start < 5

@@ -35,6 +35,8 @@ from .baseline import check_params, read_snapshot, write_snapshot
 __all__ = ["Provenance", "ProvenanceSnapshot", "ProvenanceReplay"]
 
 _DIGEST = re.compile(f"[0-9a-f]{{{2 * DIGEST_SIZE}}}")
+_ENTRY_BYTES = 8 << 10  # a dataset URI (at most 4 KiB), its digest, size and recipe name, with JSON syntax
+_TENSOR_ENTRY_BYTES = 1100  # a tensor name (at most 1 KiB) and its digest
 
 
 class ProvenanceSnapshot(ApproachDocument):
@@ -188,7 +190,9 @@ def _read_stored(manifest: Manifest, store: StoreAccess, layout: Layout) -> _Sto
 
     what = f"the recipe of set {manifest.id[:12]}"
     recipe = parse_document(RecipeDocument, parse_json(blob("recipe"), what), what)
-    changes = decode_changes(blob("changes"), manifest.id)
+    # A change list entry holds a dataset reference and at most one digest per tensor: that bounds decoding.
+    bound = manifest.data.changed * (_ENTRY_BYTES + len(layout.tensors) * _TENSOR_ENTRY_BYTES) + _ENTRY_BYTES
+    changes = decode_changes(blob("changes"), manifest.id, bound)
     _check_changes(changes, recipe, manifest, layout)
     return _Stored(recipe, blob("environment"), changes)
 
