@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -14,24 +13,17 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 
 from .approaches import RecoveryContext, get_approach
 from .backend import Backend, open_backend
-from .blobs import BlobRef, BlobStore, check_id
+from .blobs import BlobRef, BlobStore
 from .digest import digest_bytes
-from .errors import (
-    ArchitectureError, ConflictError, FormatError, InUseError, IntegrityError, MMStoreError, NewerFormatError,
-    NotFoundError, ResourceLimitError,
-)
-from .manifest import (
-    FORMAT_VERSION, LINEAGE_PATTERN, MAX_DOCUMENT_BYTES, ArchDocument, Manifest, canonical_json, parse_document, parse_json,
-)
+from .documents import StoreDocuments
+from .errors import ArchitectureError, ConflictError, FormatError, InUseError, IntegrityError, MMStoreError, NotFoundError
+from .manifest import LINEAGE_PATTERN, ArchDocument, Manifest, canonical_json
 from .modelset import ModelSet
 from .settings import Settings
 
 __all__ = ["Store", "SetInfo", "RecoveryContext"]
 
 _LINEAGE = re.compile(LINEAGE_PATTERN)
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-# Written by the first save: tells a store from any other directory, and which format wrote it.
-_MARKER = "mmstore.json"
 
 
 def _utc_now() -> str:
@@ -60,9 +52,7 @@ class Store:
         self.settings = settings or Settings()
         self.blobs = BlobStore(backend, self.settings.max_set_bytes)
         self._clock = clock
-        self._manifests: dict[str, Manifest] = {}
-        self._arch_docs: dict[str, ArchDocument] = {}
-        self._is_store = False
+        self.documents = StoreDocuments(backend, self.blobs, self.settings)
         self._materialised: OrderedDict[str, np.ndarray] = OrderedDict()
 
     @classmethod
@@ -99,7 +89,7 @@ class Store:
         arch_doc = canonical_json(ArchDocument(arch=model_set.arch, layout=model_set.layout))
         if base_manifest is not None and digest_bytes(arch_doc) != base_manifest.arch.id:
             self._check_same_architecture(model_set, base_manifest)
-        self._mark_store()
+        self.documents.mark()
         arch_ref = self.blobs.put(arch_doc)
         encoded = get_approach(approach).save(model_set, base_manifest, self, **options)
         manifest = Manifest(
@@ -108,7 +98,7 @@ class Store:
         )
         set_id, data = manifest.encode()
         self.backend.put(f"sets/{set_id}.json", data, exclusive=True)
-        self._manifests[set_id] = manifest
+        self.documents.remember_manifest(manifest)
         if lineage:
             self._move_lineage(lineage, head, set_id)
         return set_id
@@ -122,26 +112,6 @@ class Store:
                 "start a new lineage for a new architecture"
             )
 
-    def _mark_store(self) -> None:
-        if not self._is_store and not self.backend.exists(_MARKER):
-            self.backend.put(_MARKER, json.dumps({"format_version": FORMAT_VERSION}).encode(), exclusive=True)
-        self._is_store = True
-
-    def _require_store(self) -> None:
-        """Refuse to read a location that holds no store (a v1 store has `sets/` but no marker)."""
-        if self._is_store:
-            return
-        if self.backend.exists(_MARKER):
-            marker = parse_json(self.backend.get(_MARKER)[: MAX_DOCUMENT_BYTES + 1], f"{_MARKER} of {self.url}")
-            version = marker.get("format_version") if isinstance(marker, dict) else None
-            if isinstance(version, int) and version > FORMAT_VERSION:
-                raise NewerFormatError(f"the store at {self.url} was written by a newer mmstore (format {version}); upgrade mmstore")
-        elif not self.backend.list("sets"):
-            raise NotFoundError(
-                f"there is no mmstore store at {self.url}; pass --store URL or set MMSTORE_STORE (a store is created by its first save)"
-            )
-        self._is_store = True
-
     def _lineage_head(self, lineage: str | None) -> str | None:
         if lineage is None:
             return None
@@ -150,16 +120,7 @@ class Store:
                 f"lineage name {str(lineage)[:80]!r} is invalid; use up to 128 letters, digits, '.', '_' and '-', "
                 "starting with a letter or digit, not ending in '.lock' and without '.tmp-'"
             )
-        return self._ref(lineage)
-
-    def _ref(self, lineage: str) -> str | None:
-        """The set id a lineage points at (parsed: a forged ref never becomes a path), or None."""
-        key = f"refs/{lineage}"
-        if not self.backend.exists(key):
-            return None
-        if self.backend.size(key) > 65:  # a set id, perhaps with a newline: anything longer is not a ref
-            raise FormatError(f"lineage {lineage!r} in {self.url} holds more than a set id; the store was forged or damaged")
-        return check_id(self.backend.get(key).decode("ascii", "replace").removesuffix("\n"), f"lineage {lineage!r} in {self.url} points at")
+        return self.documents.ref(lineage)
 
     def _move_lineage(self, lineage: str, head: str | None, set_id: str) -> None:
         try:
@@ -190,7 +151,7 @@ class Store:
         still_used = {ref.id for info in infos if info.id != set_id for ref in self._refs(self.manifest(info.id))}
         freed = self.backend.size(f"sets/{set_id}.json")
         self.backend.delete(f"sets/{set_id}.json")
-        self._manifests.pop(set_id, None)
+        self.documents.forget_manifest(set_id)
         for blob_id in {ref.id for ref in self._refs(manifest)} - still_used:
             freed += self.blobs.stored_size(blob_id)
             self.blobs.delete(blob_id)
@@ -206,62 +167,30 @@ class Store:
 
     def resolve(self, ref: str) -> str:
         """The full set id for a full id, a unique id prefix, or a lineage name."""
-        self._require_store()
+        self.documents.require()
         if not isinstance(ref, str) or not ref:
             raise NotFoundError(f"{str(ref)[:80]!r} names no set; give a set id, a unique id prefix or a lineage")
-        head = self._ref(ref) if _LINEAGE.fullmatch(ref) else None
+        head = self.documents.ref(ref) if _LINEAGE.fullmatch(ref) else None
         if head:
             return head
-        matches = [name for name in self._set_ids() if name.startswith(ref)]
+        matches = [name for name in self.documents.set_ids() if name.startswith(ref)]
         if len(matches) == 1:
             return matches[0]
         if not matches:
             raise NotFoundError(f"no set or lineage {ref!r} in {self.url}; list them with `mmstore ls`")
         raise NotFoundError(f"{ref!r} is ambiguous ({len(matches)} sets start with it); give more characters")
 
-    def _set_ids(self) -> list[str]:
-        """The ids of the stored manifests; other names in `sets/` are not sets and are left out."""
-        names = (name[:-5] for name in self.backend.list("sets") if name.endswith(".json"))
-        return [name for name in names if _HEX64.fullmatch(name)]
-
     def manifest(self, set_id: str) -> Manifest:
         """The verified, parsed manifest of a set."""
-        if set_id not in self._manifests:
-            key = f"sets/{check_id(set_id, 'set id')}.json"
-            if self.backend.size(key) > MAX_DOCUMENT_BYTES:
-                raise FormatError(f"the manifest of set {set_id[:12]} is larger than any manifest; the store was forged")
-            self._manifests[set_id] = Manifest.decode(set_id, self.backend.get(key))
-        return self._manifests[set_id]
+        return self.documents.manifest(set_id)
 
     def base_of(self, manifest: Manifest) -> Manifest:
         """The manifest of a set's base, checked to hold as many models of the same layout."""
-        if manifest.base is None:
-            raise FormatError(f"set {manifest.id[:12]} is derived but names no base; the store was forged or damaged")
-        base = self.manifest(manifest.base)
-        same_arch = base.arch.id == manifest.arch.id or self.arch_document(base).layout == self.arch_document(manifest).layout
-        if base.n_models != manifest.n_models or not same_arch:
-            raise FormatError(
-                f"set {manifest.id[:12]} and its base {base.id[:12]} differ in model count or layout; the store was forged or damaged"
-            )
-        return base
+        return self.documents.base_of(manifest)
 
     def arch_document(self, manifest: Manifest) -> ArchDocument:
         """The verified architecture and layout a manifest names, checked against the manifest's sizes."""
-        doc = self._arch_docs.get(manifest.arch.id)
-        if doc is None:
-            what = f"the architecture document of set {manifest.id[:12]}"
-            if manifest.arch.size > MAX_DOCUMENT_BYTES:
-                raise FormatError(f"{what} is larger than any architecture document; the store was forged")
-            doc = parse_document(ArchDocument, parse_json(self.blobs.get(manifest.arch).tobytes(), what), what)
-            self._arch_docs[manifest.arch.id] = doc
-        set_bytes = manifest.n_models * doc.layout.row_nbytes
-        if set_bytes > self.settings.max_set_bytes:
-            raise ResourceLimitError(
-                f"set {manifest.id[:12]} holds {set_bytes} bytes of parameters, more than the limit of "
-                f"{self.settings.max_set_bytes}; raise MMSTORE_MAX_SET_BYTES if you trust this store"
-            )
-        manifest.data.check(manifest.n_models, doc.layout)
-        return doc
+        return self.documents.arch_document(manifest)
 
     def cached_rows(self, set_id: str) -> np.ndarray | None:
         """A recently materialised set's rows, if this store still holds them (do not modify)."""
@@ -334,8 +263,8 @@ class Store:
 
     def list(self) -> list[SetInfo]:
         """Every set in the store, oldest first."""
-        self._require_store()
-        infos = [self.info(set_id) for set_id in self._set_ids()]
+        self.documents.require()
+        infos = [self.info(set_id) for set_id in self.documents.set_ids()]
         return sorted(infos, key=lambda info: (info.created, info.id))
 
     def info(self, set_id: str) -> SetInfo:
@@ -348,9 +277,9 @@ class Store:
 
     def lineages(self) -> dict[str, str]:
         """Every lineage name and the set it points at (names the store does not allow are not lineages)."""
-        self._require_store()
+        self.documents.require()
         names = [name for name in self.backend.list("refs") if _LINEAGE.fullmatch(name)]
-        return {name: head for name in names if (head := self._ref(name))}
+        return {name: head for name in names if (head := self.documents.ref(name))}
 
     def log(self, set_id: str) -> list[SetInfo]:
         """The set and its bases, newest first, down to the root."""

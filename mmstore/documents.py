@@ -1,0 +1,121 @@
+"""A store's documents as a reader sees them: marker, lineage refs, manifests and architecture documents.
+
+Each is bounded in size before it is read, parsed into its typed model, checked against the
+documents it refers to, and cached by id (ids are digests, so a cached document never goes stale).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from .backend import Backend
+from .blobs import BlobStore, check_id
+from .errors import FormatError, NewerFormatError, NotFoundError, ResourceLimitError
+from .manifest import FORMAT_VERSION, MAX_DOCUMENT_BYTES, ArchDocument, Manifest, parse_document, parse_json
+from .settings import Settings
+
+__all__ = ["StoreDocuments", "MARKER"]
+
+# Written by the first save: tells a store from any other directory, and which format wrote it.
+MARKER = "mmstore.json"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_REF_BYTES = 65  # a set id, perhaps with a newline
+
+
+class StoreDocuments:
+    """The parsed documents of the store on `backend`."""
+
+    def __init__(self, backend: Backend, blobs: BlobStore, settings: Settings):
+        self.backend, self.blobs, self.settings = backend, blobs, settings
+        self._manifests: dict[str, Manifest] = {}
+        self._arch_docs: dict[str, ArchDocument] = {}
+        self._is_store = False
+
+    def mark(self) -> None:
+        """Write the store's marker if it has none (a save calls this before writing anything else)."""
+        if not self._is_store and not self.backend.exists(MARKER):
+            self.backend.put(MARKER, json.dumps({"format_version": FORMAT_VERSION}).encode(), exclusive=True)
+        self._is_store = True
+
+    def require(self) -> None:
+        """Refuse to read a location that holds no store (a v1 store has `sets/` but no marker)."""
+        if self._is_store:
+            return
+        if self.backend.exists(MARKER):
+            marker = parse_json(self._bounded(MARKER, MAX_DOCUMENT_BYTES, "the store's marker"), f"{MARKER} of {self.backend.url}")
+            version = marker.get("format_version") if isinstance(marker, dict) else None
+            if isinstance(version, int) and version > FORMAT_VERSION:
+                raise NewerFormatError(
+                    f"the store at {self.backend.url} was written by a newer mmstore (format {version}); upgrade mmstore"
+                )
+        elif not self.backend.list("sets"):
+            raise NotFoundError(
+                f"there is no mmstore store at {self.backend.url}; pass --store URL or set MMSTORE_STORE "
+                "(a store is created by its first save)"
+            )
+        self._is_store = True
+
+    def ref(self, lineage: str) -> str | None:
+        """The set id a lineage points at (parsed: a forged ref never becomes a path), or None."""
+        key = f"refs/{lineage}"
+        if not self.backend.exists(key):
+            return None
+        text = self._bounded(key, _REF_BYTES, f"lineage {lineage!r}").decode("ascii", "replace").removesuffix("\n")
+        return check_id(text, f"lineage {lineage!r} in {self.backend.url} points at")
+
+    def set_ids(self) -> list[str]:
+        """The ids of the stored manifests; other names in `sets/` are not sets and are left out."""
+        names = (name[:-5] for name in self.backend.list("sets") if name.endswith(".json"))
+        return [name for name in names if _HEX64.fullmatch(name)]
+
+    def manifest(self, set_id: str) -> Manifest:
+        """The verified, parsed manifest of a set."""
+        if set_id not in self._manifests:
+            key = f"sets/{check_id(set_id, 'set id')}.json"
+            self._manifests[set_id] = Manifest.decode(set_id, self._bounded(key, MAX_DOCUMENT_BYTES, f"the manifest of set {set_id[:12]}"))
+        return self._manifests[set_id]
+
+    def remember_manifest(self, manifest: Manifest) -> None:
+        """Cache a manifest this process just wrote."""
+        self._manifests[manifest.id] = manifest
+
+    def forget_manifest(self, set_id: str) -> None:
+        """Drop a deleted set's manifest from the cache."""
+        self._manifests.pop(set_id, None)
+
+    def base_of(self, manifest: Manifest) -> Manifest:
+        """The manifest of a set's base, checked to hold as many models of the same layout."""
+        if manifest.base is None:
+            raise FormatError(f"set {manifest.id[:12]} is derived but names no base; the store was forged or damaged")
+        base = self.manifest(manifest.base)
+        same_arch = base.arch.id == manifest.arch.id or self.arch_document(base).layout == self.arch_document(manifest).layout
+        if base.n_models != manifest.n_models or not same_arch:
+            raise FormatError(
+                f"set {manifest.id[:12]} and its base {base.id[:12]} differ in model count or layout; "
+                "the store was forged or damaged"
+            )
+        return base
+
+    def arch_document(self, manifest: Manifest) -> ArchDocument:
+        """The verified architecture and layout a manifest names, checked against the manifest's sizes."""
+        doc = self._arch_docs.get(manifest.arch.id)
+        if doc is None:
+            what = f"the architecture document of set {manifest.id[:12]}"
+            if manifest.arch.size > MAX_DOCUMENT_BYTES:
+                raise FormatError(f"{what} is larger than any architecture document; the store was forged")
+            doc = parse_document(ArchDocument, parse_json(self.blobs.get(manifest.arch).tobytes(), what), what)
+            self._arch_docs[manifest.arch.id] = doc
+        set_bytes = manifest.n_models * doc.layout.row_nbytes
+        if set_bytes > self.settings.max_set_bytes:
+            raise ResourceLimitError(
+                f"set {manifest.id[:12]} holds {set_bytes} bytes of parameters, more than the limit of "
+                f"{self.settings.max_set_bytes}; raise MMSTORE_MAX_SET_BYTES if you trust this store"
+            )
+        manifest.data.check(manifest.n_models, doc.layout)
+        return doc
+
+    def _bounded(self, key: str, limit: int, what: str) -> bytes:
+        if self.backend.size(key) > limit:
+            raise FormatError(f"{what} in {self.backend.url} is larger than it can be; the store was forged or damaged")
+        return self.backend.get(key)
