@@ -9,12 +9,13 @@ import torch
 
 from envs.fingerprint import capture
 from mmstore import ModelSet, ProvenanceRecord, Store, register_trainer
+from mmstore.replay import InProcessExecutor
 from mmstore.arch import import_trusted
 from workloads.datasets import encode_arrays, write_datasets
 from workloads.models import FFNN48, seeded_model
 from workloads.training import TrainRecipe, train_from_bytes
 
-__all__ = ["TRAINER", "RECIPES", "initial_set", "retrain", "provenance_chain", "drifting_train"]
+__all__ = ["TRAINER", "RECIPES", "initial_set", "retrain", "provenance_chain", "drifting_train", "SpyExecutor"]
 
 TRAINER = "workloads.training:train_from_bytes"
 RECIPES = {
@@ -81,3 +82,15 @@ def drifting_train(model, dataset: bytes, recipe: dict):
     with torch.no_grad():
         trained.net[4].bias.add_(1e-3 * _CALLS[0])
     return trained
+
+
+class SpyExecutor(InProcessExecutor):
+    """Replays in this process and remembers which models it was asked to train."""
+
+    def __init__(self) -> None:
+        self.trained: list[int] = []
+
+    def replay(self, task, jobs):
+        """Record the jobs, then train them."""
+        self.trained += [job.model for job in jobs]
+        return super().replay(task, jobs)

@@ -19,10 +19,9 @@ from mmstore.errors import DatasetError, IntegrityError
 from mmstore.provenance_records import (
     ChangedModel, ChangeList, DatasetRef, DatasetRoots, check_dataset, decode_changes, encode_changes, read_datasets,
 )
-from mmstore.replay import InProcessExecutor
 
 from .conftest import TEST_SETTINGS
-from .provenance_fleet import initial_set
+from .provenance_fleet import SpyExecutor, initial_set
 
 DIGEST = "ab" * 32
 DATA = b"the bytes of a small dataset"
@@ -258,14 +257,3 @@ def test_a_store_naming_a_file_outside_its_roots_trains_nothing(tmp_path):
         reader.recover(set_id, models=[2], executor=executor)
     assert reader.recover(set_id, models=[0, 1], executor=executor).equals(base.select([0, 1]))
 
-
-class SpyExecutor(InProcessExecutor):
-    """Replays in this process and remembers which models it was asked to train."""
-
-    def __init__(self) -> None:
-        self.trained: list[int] = []
-
-    def replay(self, task, jobs):
-        """Record the jobs, then train them."""
-        self.trained += [job.model for job in jobs]
-        return super().replay(task, jobs)

@@ -17,7 +17,7 @@ from mmstore.replay import InProcessExecutor
 
 from . import forge
 from .conftest import TEST_SETTINGS
-from .provenance_fleet import initial_set, retrain
+from .provenance_fleet import SpyExecutor, initial_set, retrain
 
 # The default dataset roots: only the store's own dataset location, beside it.
 SETTINGS = TEST_SETTINGS.model_copy(update={"dataset_roots": ()})
@@ -26,17 +26,6 @@ N = 40
 # One U3 cycle at 5% + 5%: two models retrained fully, two in their last layer only.
 PLAN = {3: "full", 17: "full", 8: "partial", 31: "partial"}
 
-
-class SpyExecutor(InProcessExecutor):
-    """Replays in this process and remembers which models it was asked to train."""
-
-    def __init__(self) -> None:
-        self.trained: list[int] = []
-
-    def replay(self, task, jobs):
-        """Record the jobs, then train them."""
-        self.trained += [job.model for job in jobs]
-        return super().replay(task, jobs)
 
 
 @pytest.fixture
