@@ -1,4 +1,8 @@
-"""Which executor replays a set: from its recorded environment, or the one the user asks for."""
+"""Which executor replays a set: from its recorded environment, or the one the user asks for.
+
+The recorded image comes from the store, so it is replayed in only if `Settings.replay_images`
+trusts its repository.
+"""
 
 from __future__ import annotations
 
@@ -53,4 +57,4 @@ def choose(
             "recover it with the local executor"
         )
     mounts = [store.url, *read_only] if os.path.isdir(store.url) else list(read_only)
-    return DockerExecutor(recorded.image_digest, docker_host=docker_host, read_only=mounts)
+    return DockerExecutor(recorded.image_digest, docker_host=docker_host, read_only=mounts, settings=store.settings)

@@ -1,12 +1,16 @@
 """Replay in a pinned image: the recorded environment, run by digest, offline, with the store read-only.
 
-The executor writes the task and jobs as plain files into a work directory, runs
-`python -m envs.replay_worker` in a container of the image and reads the trained rows back. The
-provenance approach then checks them bit for bit, as it checks every executor's results.
+Only images of the repositories `Settings.replay_images` names are run: a store is untrusted input,
+and the image its fingerprint records is chosen by whoever wrote it. The executor writes the task
+and jobs as plain files into a work directory, runs `python -m envs.replay_worker` in a container
+of the image (unprivileged user, no capabilities, read-only root file system, no network) and reads
+the trained rows back. The provenance approach then checks them bit for bit, as it checks every
+executor's results.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -22,14 +26,23 @@ from envs.fingerprint import NUMERIC_ENV_VARS, Fingerprint, capture
 from envs.replay_worker import read_result, write_work
 from mmstore.errors import EnvironmentMismatchError, MMStoreError, NotFoundError
 from mmstore.replay import ReplayJob, ReplayTask
+from mmstore.settings import Settings
 
 __all__ = [
     "DockerError", "EngineUnreachableError", "ImageNotFoundError", "ContainerFailedError", "ContainerTimeoutError",
-    "DockerExecutor", "connect", "ensure_image", "run_container", "digest_of", "WORK_MOUNT",
+    "UntrustedImageError", "DockerExecutor", "connect", "ensure_image", "run_container", "digest_of", "allowed_image",
+    "WORK_MOUNT", "CONTAINER_USER",
 ]
 
 WORK_MOUNT = "/replay"
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+# nobody:nogroup; the image need not know the user.
+CONTAINER_USER = (65534, 65534)
+_REFERENCE = re.compile(r"\A(?P<repo>[a-z0-9.:/_-]+)@sha256:(?P<hex>[0-9a-f]{64})\Z")
+# What every replay container runs with, whatever its image asks for.
+_CONFINEMENT = {
+    "user": f"{CONTAINER_USER[0]}:{CONTAINER_USER[1]}", "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
+    "read_only": True, "tmpfs": {"/tmp": "rw,noexec,nosuid,nodev,size=512m"}, "network_mode": "none",
+}
 # Fields the container shares with the host whatever its image: the processor and its architecture.
 _HOST_FIELDS = re.compile(r"^(cpu\.|machine$)")
 
@@ -54,12 +67,39 @@ class ContainerTimeoutError(DockerError, TimeoutError):
     """The replay container ran longer than its time limit and was stopped."""
 
 
-def digest_of(reference: str) -> str:
-    """The `sha256:…` digest an image reference pins; `repo@sha256:…` or a bare digest."""
-    found = _DIGEST.search(reference)
+class UntrustedImageError(DockerError):
+    """An image reference is malformed or names a repository outside `Settings.replay_images`; nothing was run."""
+
+
+def _parse(reference: str) -> re.Match:
+    found = _REFERENCE.fullmatch(reference)
     if not found:
-        raise DockerError(f"{reference!r} does not pin an image by digest; use repo@sha256:<64 hex digits>")
-    return found.group(0)
+        raise UntrustedImageError(
+            f"{reference[:200]!r} does not pin an image by digest; "
+            "name it as registry/repository@sha256:<64 lowercase hex digits>"
+        )
+    return found
+
+
+def digest_of(reference: str) -> str:
+    """The `sha256:…` digest a `registry/repository@sha256:…` reference pins."""
+    return "sha256:" + _parse(reference)["hex"]
+
+
+def allowed_image(reference: str, allowed: Sequence[str]) -> str:
+    """`reference`, once it pins an image by digest in one of the `allowed` registry/repository names."""
+    repository = _parse(reference)["repo"]
+    if not allowed:
+        raise UntrustedImageError(
+            f"replay in the recorded image {reference} is off: no image repository is trusted; set "
+            "MMSTORE_REPLAY_IMAGES to the registry/repository names you trust (e.g. HOST:PORT/mmstore-replay)"
+        )
+    if repository not in allowed:
+        raise UntrustedImageError(
+            f"the image {reference} is not from a trusted repository {list(allowed)}; "
+            f"add {repository} to MMSTORE_REPLAY_IMAGES if you trust it, or replay with executor='local'"
+        )
+    return reference
 
 
 def connect(base_url: str | None = None, timeout: float = 30) -> docker.DockerClient:
@@ -100,10 +140,14 @@ def run_container(
     client: docker.DockerClient, image: str, command: Sequence[str], volumes: Mapping[str, dict],
     environment: Mapping[str, str], timeout: float, cpus: float = 2, memory: str = "4g",
 ) -> str:
-    """Run `command` in `image` without network, wait at most `timeout` seconds, return its log; raise on failure."""
+    """Run `command` in `image`, confined and without network, wait at most `timeout` seconds, return its log.
+
+    The command's first word is the entrypoint: an image's own entrypoint never wraps it.
+    """
     container = client.containers.create(
-        image, list(command), volumes=dict(volumes), environment={"MMSTORE_IMAGE_DIGEST": image, **environment},
-        network_mode="none", working_dir=WORK_MOUNT, **_limits(cpus, memory),
+        image, list(command[1:]), entrypoint=list(command[:1]), volumes=dict(volumes),
+        environment={"MMSTORE_IMAGE_DIGEST": image, "HOME": "/tmp", **environment}, working_dir=WORK_MOUNT,
+        **_CONFINEMENT, **_limits(cpus, memory),
     )
     try:
         container.start()
@@ -137,14 +181,16 @@ def _remove(container) -> None:
 
 
 class DockerExecutor:
-    """Replays in the image `image` (repo@sha256:…) on the engine at `docker_host`, without network."""
+    """Replays in the image `image` (repo@sha256:…, of a repository `settings.replay_images` trusts) without network."""
 
     def __init__(
         self, image: str, docker_host: str | None = None, read_only: Sequence[str | Path] = (),
         workers: int = 1, cpus: float = 2, memory: str = "4g", timeout: float = 3600, force: bool = False,
+        settings: Settings | None = None,
     ):
-        digest_of(image)
-        self.image, self.docker_host, self.workers = image, docker_host, workers
+        # Checked even when forced: `force` accepts another environment, never an untrusted image.
+        self.image = allowed_image(image, (settings or Settings()).replay_images)
+        self.docker_host, self.workers = docker_host, workers
         self.read_only = [Path(p).resolve() for p in read_only]
         self.cpus, self.memory, self.timeout, self.force = cpus, memory, timeout, force
         self._client: docker.DockerClient | None = None
@@ -171,6 +217,7 @@ class DockerExecutor:
         with tempfile.TemporaryDirectory(prefix="mmstore-replay-") as tmp:
             workdir = Path(tmp)
             write_work(workdir, task, jobs)
+            _share(workdir)
             command = ["python", "-m", "envs.replay_worker", WORK_MOUNT, str(self.workers)]
             run_container(self.client(), self.image, command, self._volumes(workdir), self._env,
                           self.timeout, self.cpus, self.memory)
@@ -181,6 +228,19 @@ class DockerExecutor:
         volumes[str(workdir)] = {"bind": WORK_MOUNT, "mode": "ro"}
         volumes[str(workdir / "out")] = {"bind": f"{WORK_MOUNT}/out", "mode": "rw"}
         return volumes
+
+
+def _share(workdir: Path) -> None:
+    """Let the container's unprivileged user read the work files and write only the output directory."""
+    workdir.chmod(0o755)
+    for path in workdir.iterdir():
+        path.chmod(0o644 if path.is_file() else 0o755)
+    out = workdir / "out"
+    try:
+        os.chown(out, *CONTAINER_USER)
+    except PermissionError:
+        # Without the right to give it away, the directory is opened to everyone instead.
+        out.chmod(0o777)
 
 
 def _check_image(recorded: Fingerprint, image: str) -> None:

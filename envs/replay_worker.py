@@ -9,6 +9,8 @@ trained rows to `out/rows.npy`.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,14 +60,34 @@ def read_work(workdir: Path) -> tuple[ReplayTask, list[ReplayJob]]:
 
 
 def read_result(workdir: Path, task: ReplayTask, count: int) -> np.ndarray:
-    """The trained rows a worker wrote, checked for shape and type (their bits are checked by the caller)."""
+    """The trained rows a worker wrote, checked for shape and type (their bits are checked by the caller).
+
+    The container could write anything there: a link, a FIFO, a header claiming a huge array. Only a
+    regular file holding exactly `count` rows is read, into an array of the size the caller expects.
+    """
     path = workdir / RESULT
-    if not path.exists():
-        raise MMStoreError(f"the replay worker wrote no result at {path}; run it again and read its log")
-    rows = np.load(path, allow_pickle=False)
-    if rows.dtype != np.uint8 or rows.shape != (count, task.layout.row_nbytes):
-        raise MMStoreError(f"the replay worker returned a {rows.dtype} array of shape {rows.shape}; it is broken")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise MMStoreError(f"the replay worker wrote no result at {path}; run it again and read its log") from None
+    except OSError as exc:
+        raise MMStoreError(f"the replay worker's result {path} cannot be opened ({exc.strerror}); it is broken") from None
+    with os.fdopen(fd, "rb") as file:
+        rows = np.empty((count, task.layout.row_nbytes), np.uint8)
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or _header(file) != (rows.shape, False, rows.dtype) or \
+                file.readinto(memoryview(rows).cast("B")) != rows.nbytes or file.read(1):
+            raise MMStoreError(f"the replay worker's result is not a uint8 array of {rows.shape} rows; it is broken")
     return rows
+
+
+def _header(file) -> tuple | None:
+    """The shape, order and dtype a `.npy` header declares; None if it is not a header numpy writes."""
+    try:
+        version = np.lib.format.read_magic(file)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}[version]
+        return read(file)
+    except (ValueError, KeyError, OSError):
+        return None
 
 
 def _train(task: ReplayTask, jobs: list[ReplayJob], workers: int) -> np.ndarray:

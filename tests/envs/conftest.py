@@ -7,6 +7,7 @@ Both daemons are stopped by pid when the session ends.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -17,7 +18,8 @@ import pytest
 
 from envs.docker_executor import connect
 from envs.engine import APT_PACKAGES, EngineStartError, start_dockerd, start_registry
-from envs.image import build_image
+from envs.image import build_image, image_repository
+from mmstore import Settings
 
 TIMINGS: dict[str, float] = {}
 
@@ -78,6 +80,12 @@ def docker_client(dockerd):
 def replay_image(docker_client, registry) -> str:
     """The replay image, built from local material and pushed: its `repo@sha256:…` reference."""
     start = time.perf_counter()
-    reference = build_image(docker_client, registry)
+    reference = build_image(docker_client, registry, mirror=os.environ.get("MMSTORE_DEBIAN_MIRROR") or None)
     TIMINGS["image build"] = time.perf_counter() - start
     return reference
+
+
+@pytest.fixture(scope="session")
+def replay_settings(registry) -> Settings:
+    """Settings that trust the test modules and the replay image's repository in the session's registry."""
+    return Settings(trusted_modules=("tests",), replay_images=(image_repository(registry),))
