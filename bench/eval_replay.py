@@ -23,25 +23,25 @@ from .eval_sequence import SEED, TRAINER, Sequence, recipes
 __all__ = ["worker_scaling", "realistic_recipe"]
 
 
-def _recover(url: str, set_id: str, workers: int) -> tuple[float, ModelSet]:
+def _recover(url: str, set_id: str, workers: int, settings: Settings) -> tuple[float, ModelSet]:
     """One recovery through a fresh store, replaying in `workers` (already started) processes."""
-    return timed(lambda: Store.open(url).recover(set_id, executor=LocalExecutor(workers)))
+    return timed(lambda: Store.open(url, settings).recover(set_id, executor=LocalExecutor(workers)))
 
 
-def _provenance_pair(url: str, base: ModelSet, derived: ModelSet, record: ProvenanceRecord) -> str:
+def _provenance_pair(url: str, base: ModelSet, derived: ModelSet, record: ProvenanceRecord, settings: Settings) -> str:
     """Save a base snapshot and one derived provenance set; returns the derived set's id."""
-    store = Store.open(url)
+    store = Store.open(url, settings)
     base_id = store.save(base, approach="provenance")
     return store.save(derived, approach="provenance", base=base_id, provenance=record)
 
 
 def worker_scaling(seq: Sequence, root: Path, repeats: int) -> dict[str, Any]:
     """Median recovery seconds of U3-1 (the reduced recipe) with 1 and with 2 replay workers."""
-    set_id = _provenance_pair(str(root / "scaling"), seq.sets[0], seq.sets[1], seq.record(1))
+    set_id = _provenance_pair(str(root / "scaling"), seq.sets[0], seq.sets[1], seq.record(1), seq.settings())
     result: dict[str, Any] = {"use_case": "U3-1", "retrained": len(seq.changes[0])}
     for workers in (1, 2):
         warm_pool(seq, workers)
-        runs = [_recover(str(root / "scaling"), set_id, workers)[0] for _ in range(repeats)]
+        runs = [_recover(str(root / "scaling"), set_id, workers, seq.settings())[0] for _ in range(repeats)]
         result[f"recover_{workers}_s"] = statistics.median(runs)
     result["speedup"] = result["recover_1_s"] / result["recover_2_s"]
     return result
@@ -62,10 +62,12 @@ def realistic_recipe(seq: Sequence, root: Path, cells: int) -> dict[str, Any]:
     derived[chosen] = rows
     record = ProvenanceRecord(trainer=TRAINER, recipes=named, environment=capture().to_json(),
                               changes={c: (changes[c][0], refs[c]) for c in chosen})
-    set_id = _provenance_pair(str(root / "realistic"), seq.sets[0], ModelSet(task.arch, task.layout, derived), record)
+    # The datasets lie at the store's own dataset location, "<store>-datasets": the default settings read them.
+    settings = Settings()
+    set_id = _provenance_pair(str(root / "realistic"), seq.sets[0], ModelSet(task.arch, task.layout, derived), record, settings)
     warm_pool(seq, 1)
-    one, _ = _recover(str(root / "realistic"), set_id, 1)
-    two, recovered = _recover(str(root / "realistic"), set_id, 2)
+    one, _ = _recover(str(root / "realistic"), set_id, 1, settings)
+    two, recovered = _recover(str(root / "realistic"), set_id, 2, settings)
     assert recovered.equals(ModelSet(task.arch, task.layout, derived))
     per_model = two / len(chosen)
     return {

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from envs.executors import LocalExecutor
 from mmstore import ModelSet, Settings, Store
-from mmstore.provenance_records import read_datasets
+from mmstore.provenance_records import DatasetRoots, read_datasets
 from mmstore.replay import ReplayJob, ReplayTask
 
 from . import eval_permodel
@@ -51,7 +51,7 @@ class StoreSubject:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def _open(self, target: Path | str) -> Store:
-        return Store.open(str(target), **self.storage_options)
+        return Store.open(str(target), self.seq.settings(), **self.storage_options)
 
     def prepare(self) -> None:
         """Start the replay workers, so that recoveries measure replay, not interpreter start-up."""
@@ -163,6 +163,8 @@ def _medians(runs: list[list[float]]) -> list[float | None]:
 def warm_pool(seq: Sequence, workers: int) -> None:
     """Start `workers` replay processes with one real job each (forkserver workers import the main module once)."""
     model, (recipe, ref) = next(iter(seq.changes[0].items()))
-    job = ReplayJob(model, seq.sets[0].data[model], read_datasets([ref])[0], recipes(seq.variant.arch, 1)[recipe])
-    task = ReplayTask(seq.sets[0].arch, seq.sets[0].layout, TRAINER, Settings().allowed_prefixes())
+    settings = seq.settings()
+    dataset = read_datasets([ref], DatasetRoots(settings.dataset_roots, settings.max_dataset_bytes))[0]
+    job = ReplayJob(model, seq.sets[0].data[model], dataset, recipes(seq.variant.arch, 1)[recipe])
+    task = ReplayTask(seq.sets[0].arch, seq.sets[0].layout, TRAINER, settings.allowed_prefixes())
     LocalExecutor(workers).replay(task, [job] * workers)

@@ -79,6 +79,12 @@ class Sequence:
         return ProvenanceRecord(trainer=TRAINER, recipes=recipes(self.variant.arch, k), changes=self.changes[k - 1],
                                 environment=capture().to_json())
 
+    def settings(self, *more_roots: str) -> Settings:
+        """Settings under which stores may read this sequence's datasets (and those under `more_roots`) for replay."""
+        # A dataset lives at <root>/cycle-NNNN/cell-NNNNN.npz.
+        roots = {ref.uri.rsplit("/", 2)[0] for cycle in self.changes for _, ref in cycle.values()}
+        return Settings(dataset_roots=(*sorted(roots), *more_roots))
+
 
 def load_sequence(variant: Variant, n: int) -> tuple[Sequence, float]:
     """The cached sequence of `variant` for `n` models (generated and cached first if needed), and generation seconds."""

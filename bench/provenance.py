@@ -73,7 +73,8 @@ def main() -> None:
     fleet = Fleet(args.seed, args.models)
     base = initial_set(args.models, args.seed)
     with scratch_dir("mmstore-bench-provenance-") as root:
-        derived, record = u3_cycle(fleet, base, str(root / "datasets"), args.seed)
+        # The store's own dataset location, "<store>-datasets": what a recovery may read by default.
+        derived, record = u3_cycle(fleet, base, str(root / "store-datasets"), args.seed)
         url = str(root / "store")
         store = Store.open(url)
         base_id = store.save(base, approach="provenance", lineage="fleet")
@@ -86,7 +87,7 @@ def main() -> None:
             "models": args.models, "retrained_full": sum(v == "full" for v, _ in record.changes.values()),
             "retrained_partial": sum(v == "partial" for v, _ in record.changes.values()),
             "derived_set_bytes": Store.open(url).size(set_id), "base_set_bytes": Store.open(url).size(base_id),
-            "datasets_bytes": dir_bytes(root / "datasets"), "save_s": save_s,
+            "datasets_bytes": dir_bytes(root / "store-datasets"), "save_s": save_s,
             "recover_1_worker_s": one_s, "recover_2_workers_s": two_s, "speedup_2_vs_1": one_s / two_s,
             "bit_exact_1_worker": one.equals(derived), "bit_exact_2_workers": two.equals(derived),
         }

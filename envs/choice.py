@@ -18,16 +18,15 @@ from mmstore.errors import EnvironmentMismatchError
 from mmstore.replay import Executor, InProcessExecutor
 from mmstore.store import Store
 
-__all__ = ["ExecutorName", "EXECUTORS", "recorded_environment", "auto_choice", "choose"]
-
-ExecutorName = Literal["auto", "local", "docker", "in-process"]
-EXECUTORS: tuple[str, ...] = ("auto", "local", "docker", "in-process")
+__all__ = ["recorded_environment", "auto_choice", "choose"]
 
 
 def recorded_environment(store: Store, set_id: str) -> Fingerprint | None:
     """The fingerprint of the newest replayed set in the chain of `set_id`; None if nothing there replays."""
     for info in store.log(set_id):
-        blob = store.manifest(info.id).blobs.get("environment")
+        manifest = store.manifest(info.id)
+        store.arch_document(manifest)  # checks the document sizes the manifest records before any is read
+        blob = manifest.blobs.get("environment")
         if blob is not None:
             return Fingerprint.from_json(store.blobs.get(blob).tobytes())
     return None
@@ -41,7 +40,7 @@ def auto_choice(recorded: Fingerprint | None, current: Fingerprint | None = None
 
 
 def choose(
-    name: ExecutorName, store: Store, set_id: str, docker_host: str | None = None, read_only: Sequence[str] = (),
+    name: str, store: Store, set_id: str, docker_host: str | None = None, read_only: Sequence[str] = (),
 ) -> Executor:
     """The executor `name` for recovering `set_id`; "auto" decides by the recorded fingerprint."""
     recorded = recorded_environment(store, set_id)
