@@ -47,7 +47,7 @@ def codec_sizes(base: ModelSet, new: ModelSet) -> dict[str, int]:
 
     delta = diff(new.data, tensor_digests(new.data, new.layout), tensor_digests(base.data, base.layout), new.layout)
     sizes = {}
-    for codec in CODECS:
+    for codec in CODECS.names():
         start = time.perf_counter()
         total = 0
         for t, spec in enumerate(new.layout.tensors):

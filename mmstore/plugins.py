@@ -7,6 +7,7 @@ come from entry points, so this module imports nothing heavy.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -20,6 +21,7 @@ CODECS: Registry[Any] = Registry("codec", "mmstore.codecs", UnknownCodecError)
 EXECUTORS: Registry[Any] = Registry("replay executor", "mmstore.executors", UnknownExecutorError)
 
 
+@lru_cache(maxsize=1)
 def installed_trusted_modules() -> tuple[str, ...]:
     """Packages that installed distributions vouch for (entry-point group `mmstore.trusted_modules`)."""
     return tuple(sorted(point.value for point in entry_points(group="mmstore.trusted_modules")))
