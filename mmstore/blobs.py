@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Annotated
 
 import numpy as np
@@ -66,9 +67,13 @@ class BlobStore:
     def __init__(self, backend: Backend, max_bytes: int = _MAX_BLOB):
         self.backend = backend
         self.max_bytes = max_bytes
+        self._journal: list[tuple[BlobRef, memoryview]] | None = None
 
     def put(self, data: bytes | memoryview | np.ndarray) -> BlobRef:
-        """Store `data` (once: an existing blob with the same digest is reused) and return its ref."""
+        """Store `data` and return its ref; an existing blob with the digest is reused if its size is right.
+
+        A blob of the wrong size (truncated, or replaced) is rewritten: saving the data again heals it.
+        """
         view = memoryview(data).cast("B") if not isinstance(data, np.ndarray) else memoryview(data.reshape(-1).view(np.uint8))
         digests = chunk_digests(view)
         ref = BlobRef(
@@ -76,8 +81,28 @@ class BlobStore:
             size=len(view),
             chunks=tuple(d.hex() for d in digests) if len(digests) > 1 else (),
         )
-        self.backend.put(blob_key(ref.id), view, exclusive=True)
+        key = blob_key(ref.id)
+        if not self.backend.put(key, view, exclusive=True) and self.backend.size(key) != ref.size:
+            self.backend.put(key, view, exclusive=False)
+        if self._journal is not None:
+            self._journal.append((ref, view))
         return ref
+
+    @contextmanager
+    def journal(self) -> Iterator[list[tuple[BlobRef, memoryview]]]:
+        """Record every blob put inside the block (its ref and bytes), so a writer can re-check them."""
+        self._journal = []
+        try:
+            yield self._journal
+        finally:
+            self._journal = None
+
+    def ensure(self, written: list[tuple[BlobRef, memoryview]]) -> int:
+        """Write again every recorded blob that is gone (collected since it was put); how many were."""
+        missing = [(ref, view) for ref, view in written if not self.backend.exists(blob_key(ref.id))]
+        for ref, view in missing:
+            self.backend.put(blob_key(ref.id), view, exclusive=True)
+        return len(missing)
 
     def get(self, ref: BlobRef) -> np.ndarray:
         """The blob's bytes as a uint8 array, verified chunk by chunk while reading."""

@@ -85,16 +85,50 @@ def cmd_log(store: Store, args: argparse.Namespace) -> None:
 def cmd_verify(store: Store, args: argparse.Namespace) -> None:
     """Read and check every byte of one set or of all sets."""
     ids = [store.resolve(args.set)] if args.set else [info.id for info in store.list()]
+    if not args.set:
+        store.verify_lineages()
     for set_id in progress(ids, "verifying"):
         store.verify(set_id)
-    _emit(args, {"verified": ids}, lambda d: print(f"ok: {len(d['verified'])} set(s) verified"))
+    orphans = store.unreferenced()
+    data = {"verified": ids, "unreferenced_blobs": orphans.blobs, "unreferenced_bytes": orphans.freed}
+    _emit(args, data, lambda d: print(
+        f"ok: {len(d['verified'])} set(s) verified; {d['unreferenced_blobs']} unreferenced blob(s), "
+        f"{d['unreferenced_bytes']} bytes unreferenced (`mmstore gc` removes them after the grace period)"
+    ))
 
 
 def cmd_du(store: Store, args: argparse.Namespace) -> None:
     """Show what each set adds to the store."""
     rows = [{"short": i.id[:12], "id": i.id, "approach": i.approach, "bytes": store.size(i.id)} for i in store.list()]
-    data = {"sets": rows, "total": sum(r["bytes"] for r in rows)}
-    _emit(args, data, lambda d: (_table(d["sets"], ["short", "approach", "bytes"]), print(f"total {d['total']} bytes")))
+    unreferenced = store.unreferenced().freed
+    data = {"sets": rows, "total": sum(r["bytes"] for r in rows), "unreferenced": unreferenced}
+    _emit(args, data, lambda d: (_table(d["sets"], ["short", "approach", "bytes"]), print(
+        f"total {d['total']} bytes in sets; {d['unreferenced']} bytes unreferenced (`mmstore gc` removes them)"
+    )))
+
+
+def cmd_gc(store: Store, args: argparse.Namespace) -> None:
+    """Remove blobs no set references, stale temporary files and unfinished uploads older than the grace period."""
+    report = store.collect_garbage(_duration(args.grace), dry_run=args.dry_run)
+    data = {"dry_run": report.dry_run, "blobs": report.blobs, "blob_bytes": report.blob_bytes,
+            "temp_files": report.temp_files, "temp_bytes": report.temp_bytes, "uploads": report.uploads,
+            "restored": report.restored, "kept_within_grace": report.young, "freed": report.freed}
+    verb = "would free" if report.dry_run else "freed"
+    _emit(args, data, lambda d: print(
+        f"{verb} {d['freed']} bytes: {d['blobs']} blob(s), {d['temp_files']} temporary file(s), "
+        f"{d['uploads']} unfinished upload(s); {d['kept_within_grace']} unreferenced blob(s) kept within the grace period"
+    ))
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `30m`, `24h`, `14d` or `2w`."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", text.strip())
+    if not match:
+        raise MMStoreError(f"--grace {text!r} is not a duration; give e.g. 0, 90s, 30m, 24h, 14d or 2w")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
 def cmd_export(store: Store, args: argparse.Namespace) -> None:
@@ -133,12 +167,15 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, arg in [
         ("ls", cmd_ls, None), ("show", cmd_show, "set"), ("log", cmd_log, "set"),
-        ("verify", cmd_verify, "set?"), ("du", cmd_du, None), ("export", cmd_export, "set"),
+        ("verify", cmd_verify, "set?"), ("du", cmd_du, None), ("export", cmd_export, "set"), ("gc", cmd_gc, None),
     ]:
         p = sub.add_parser(name, help=func.__doc__, description=func.__doc__, parents=[common])
         if arg:
             p.add_argument("set", nargs="?" if arg.endswith("?") else None, help="set id, id prefix or lineage")
         p.set_defaults(func=func)
+    gc = sub.choices["gc"]
+    gc.add_argument("--grace", default="24h", help="only what is older than this (default: %(default)s; e.g. 0, 30m, 14d)")
+    gc.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
     export = sub.choices["export"]
     export.add_argument("--out", required=True, help="directory to write the files into")
     export.add_argument("--models", help="comma-separated model indices (default: all)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -16,6 +17,7 @@ from .backend import Backend, open_backend
 from .blobs import BlobRef, BlobStore
 from .digest import digest_bytes
 from .documents import StoreDocuments
+from .gc import TRASH, GcReport, collect
 from .errors import ArchitectureError, ConflictError, FormatError, InUseError, IntegrityError, MMStoreError, NotFoundError
 from .manifest import LINEAGE_PATTERN, ArchDocument, Manifest, canonical_json
 from .modelset import ModelSet
@@ -24,6 +26,7 @@ from .settings import Settings
 __all__ = ["Store", "SetInfo", "RecoveryContext"]
 
 _LINEAGE = re.compile(LINEAGE_PATTERN)
+DEFAULT_GRACE = 24 * 3600.0  # longer than any save takes: a blob written by a running save is never a candidate
 
 
 def _utc_now() -> str:
@@ -90,14 +93,18 @@ class Store:
         if base_manifest is not None and digest_bytes(arch_doc) != base_manifest.arch.id:
             self._check_same_architecture(model_set, base_manifest)
         self.documents.mark()
-        arch_ref = self.blobs.put(arch_doc)
-        encoded = get_approach(approach).save(model_set, base_manifest, self, **options)
-        manifest = Manifest(
-            approach=approach, arch=arch_ref, n_models=len(model_set), base=base_id, lineage=lineage,
-            created=self._clock(), meta=meta or {}, data=encoded.document,
-        )
-        set_id, data = manifest.encode()
-        self.backend.put(f"sets/{set_id}.json", data, exclusive=True)
+        with self.blobs.journal() as written:
+            arch_ref = self.blobs.put(arch_doc)
+            encoded = get_approach(approach).save(model_set, base_manifest, self, **options)
+            manifest = Manifest(
+                approach=approach, arch=arch_ref, n_models=len(model_set), base=base_id, lineage=lineage,
+                created=self._clock(), meta=meta or {}, data=encoded.document,
+            )
+            set_id, data = manifest.encode()
+            self.backend.put(f"sets/{set_id}.json", data, exclusive=True)
+            # A concurrent gc may have collected a blob this save found present or wrote before the commit:
+            # checked after the commit, each is either there or written again (docs/architecture.md).
+            self.blobs.ensure(written)
         self.documents.remember_manifest(manifest)
         if lineage:
             self._move_lineage(lineage, head, set_id)
@@ -132,30 +139,39 @@ class Store:
             ) from exc
 
     def delete(self, set_id: str) -> int:
-        """Delete a set no other set derives from; returns the bytes freed.
+        """Delete a set no other set derives from; returns the bytes of its manifest.
 
-        A lineage pointing at the set moves back to the set's base. Blobs that no remaining set
-        references are removed after the manifest, so a crash in between only leaves unreferenced blobs.
+        A lineage pointing at the set moves back to the set's base. The set's blobs are left to
+        `collect_garbage`, whose protocol keeps every blob a concurrent save still needs. The
+        manifest is first moved aside, then the store is listed again: a set derived from it
+        meanwhile puts it back and the deletion is refused.
         """
         set_id = self.resolve(set_id)
         manifest = self.manifest(set_id)
-        infos = self.list()
-        dependents = [info.id[:12] for info in infos if info.base == set_id]
-        if dependents:
-            raise InUseError(
-                f"set {set_id[:12]} is the base of {', '.join(dependents)}; delete those first (newest first)"
-            )
+        self._refuse_dependents(set_id)
+        key, aside = f"sets/{set_id}.json", f"{TRASH}/{uuid.uuid4().hex}-set-{set_id}.json"
+        freed = self.backend.size(key)
+        self.backend.move(key, aside)
+        self.documents.forget_manifest(set_id)
+        try:
+            self._refuse_dependents(set_id)
+        except InUseError:
+            self.backend.move(aside, key)
+            raise
         for name, head in self.lineages().items():
             if head == set_id:
                 self._retarget_lineage(name, set_id, manifest.base)
-        still_used = {ref.id for info in infos if info.id != set_id for ref in self._refs(self.manifest(info.id))}
-        freed = self.backend.size(f"sets/{set_id}.json")
-        self.backend.delete(f"sets/{set_id}.json")
-        self.documents.forget_manifest(set_id)
-        for blob_id in {ref.id for ref in self._refs(manifest)} - still_used:
-            freed += self.blobs.stored_size(blob_id)
-            self.blobs.delete(blob_id)
+        self.backend.delete(aside)
         return freed
+
+    def _refuse_dependents(self, set_id: str) -> None:
+        dependents = [info.id[:12] for info in self.list() if info.base == set_id]
+        if dependents:
+            raise InUseError(f"set {set_id[:12]} is the base of {', '.join(dependents)}; delete those first (newest first)")
+
+    def collect_garbage(self, grace: float = DEFAULT_GRACE, dry_run: bool = False) -> GcReport:
+        """Remove blobs no set references, stale temporary files and unfinished uploads older than `grace` s."""
+        return collect(self, grace, dry_run)
 
     def _retarget_lineage(self, name: str, head: str, base: str | None) -> None:
         if base is None:
@@ -241,6 +257,8 @@ class Store:
         """Read and check every byte of one set (or of all sets), replaying as `context` says; returns the ids."""
         context = _context(context, None, options).subset(None)
         ids = [self.resolve(set_id)] if set_id else [info.id for info in self.list()]
+        if set_id is None:
+            self.verify_lineages()
         for sid in ids:
             manifest = self.manifest(sid)
             doc = self.arch_document(manifest)
@@ -249,6 +267,23 @@ class Store:
             # The checks a recovery makes on the rows (width, zero padding), so verify never passes what recover refuses.
             ModelSet(doc.arch, doc.layout, self.recover_rows(sid, context))
         return ids
+
+    def verify_lineages(self) -> None:
+        """Every lineage ref must name a set that exists and parses."""
+        for name in self.backend.list("refs"):
+            if not _LINEAGE.fullmatch(name):
+                continue
+            try:
+                self.manifest(self.documents.ref(name) or "")
+            except MMStoreError as exc:
+                raise IntegrityError(
+                    f"lineage {name!r} is damaged or points at a set that is missing or damaged ({exc}); "
+                    f"move it to a valid set or delete refs/{name}"
+                ) from None
+
+    def unreferenced(self) -> GcReport:
+        """What garbage collection with no grace period would remove now: orphaned blobs and temporary files."""
+        return collect(self, 0.0, dry_run=True)
 
     def export(self, set_id: str, out_dir: str, context: RecoveryContext | None = None, track: Any = None,
                **options: Any) -> list[str]:

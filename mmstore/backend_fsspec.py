@@ -1,0 +1,146 @@
+"""A store on any fsspec file system; on S3, creates are conditional and swaps compare ETags."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+from typing import IO, Any
+
+import fsspec
+
+from .backend_errors import GuardedFile, configured_endpoint, missing, remote_errors
+from .backend import Buffer, Entry
+from .errors import ConflictError
+
+__all__ = ["FsspecBackend"]
+
+
+class FsspecBackend:
+    """Any fsspec filesystem; on S3, creates are conditional (`If-None-Match`) and swaps `If-Match`."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str):
+        self.fs, self.root, self.url = fs, root.rstrip("/"), url
+        self._is_s3 = "s3" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+        self.endpoint = configured_endpoint(fs)
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def _guard(self, key: str, action: str) -> contextlib.AbstractContextManager[None]:
+        return remote_errors(self.url, key, action, self.endpoint)
+
+    def put(self, key: str, data: Buffer, *, exclusive: bool) -> bool:
+        path = self._path(key)
+        kwargs: dict[str, Any] = {"mode": "create"} if exclusive and self._is_s3 else {}
+        with self._guard(key, "write"):
+            if exclusive and self.fs.exists(path):
+                return False
+            try:
+                self.fs.pipe_file(path, bytes(data), **kwargs)
+            except FileExistsError:
+                return False
+        return True
+
+    def get(self, key: str) -> bytes:
+        with self._guard(key, "read"):
+            try:
+                return self.fs.cat_file(self._path(key))
+            except FileNotFoundError:
+                raise missing(self.url, key) from None
+
+    def open(self, key: str) -> IO[bytes]:
+        with self._guard(key, "read"):
+            try:
+                file = self.fs.open(self._path(key), "rb")
+            except FileNotFoundError:
+                raise missing(self.url, key) from None
+        return GuardedFile(file, lambda: self._guard(key, "read"))
+
+    def exists(self, key: str) -> bool:
+        with self._guard(key, "read"):
+            return self.fs.exists(self._path(key))
+
+    def size(self, key: str) -> int:
+        with self._guard(key, "read"):
+            try:
+                return int(self.fs.size(self._path(key)))
+            except FileNotFoundError:
+                raise missing(self.url, key) from None
+
+    def list(self, prefix: str) -> list[str]:
+        with self._guard(prefix, "list"):
+            try:
+                entries = self.fs.ls(self._path(prefix), detail=False, refresh=True)
+            except FileNotFoundError:
+                return []
+        return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def delete(self, key: str) -> None:
+        with self._guard(key, "delete"):
+            if self.fs.exists(self._path(key)):
+                self.fs.rm_file(self._path(key))
+
+    def swap(self, key: str, expected: bytes | None, new: bytes) -> None:
+        path = self._path(key)
+        with self._guard(key, "write"):
+            if self._is_s3:
+                self._swap_s3(path, key, expected, new)
+                return
+            current = self.get(key) if self.exists(key) else None
+            if current != expected:
+                raise ConflictError(f"{key} was moved by another writer; read it again and retry")
+            self.fs.pipe_file(path, new)
+
+    def _swap_s3(self, path: str, key: str, expected: bytes | None, new: bytes) -> None:
+        if expected is None:
+            if not self.put(key, new, exclusive=True):
+                raise ConflictError(f"{key} was created by another writer; read it again and retry")
+            return
+        info = self.fs.info(path, refresh=True)
+        if self.get(key) != expected:
+            raise ConflictError(f"{key} was moved by another writer; read it again and retry")
+        try:
+            self.fs.pipe_file(path, new, IfMatch=info["ETag"])
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # s3fs maps only HTTP 412 Precondition Failed to EINVAL
+                raise
+            raise ConflictError(f"{key} was moved by another writer; read it again and retry") from exc
+
+
+
+    def scan(self, prefix: str) -> list[Entry]:
+        with self._guard(prefix, "list"):
+            try:
+                found = self.fs.find(self._path(prefix), detail=True)
+            except FileNotFoundError:
+                return []
+        root = self.root.lstrip("/") + "/"  # memory paths start with "/", S3 paths with the bucket
+        return [Entry(path.lstrip("/").removeprefix(root), int(info.get("size") or 0), _mtime(info))
+                for path, info in found.items() if info.get("type", "file") == "file"]
+
+    def move(self, key: str, target: str) -> bool:
+        with self._guard(key, "rename"):
+            try:
+                self.fs.copy(self._path(key), self._path(target))  # server-side on S3
+            except FileNotFoundError:
+                return False
+            self.fs.rm_file(self._path(key))
+        return True
+
+    def abort_uploads(self, older_than: float) -> int:
+        if not self._is_s3:
+            return 0
+        bucket, _, prefix = self.root.partition("/")
+        aborted = 0
+        with self._guard("", "list uploads"):
+            for upload in self.fs.list_multipart_uploads(bucket):
+                if upload["Key"].startswith(prefix) and upload["Initiated"].timestamp() < older_than:
+                    self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    aborted += 1
+        return aborted
+
+
+def _mtime(info: dict) -> float:
+    """Modification time of an fsspec entry: S3 reports `LastModified`, the memory file system `created`."""
+    stamp = info.get("LastModified") or info.get("mtime") or info.get("created") or 0.0
+    return stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
