@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     )
     durable: bool = Field(True, description="fsync data and manifests before a save returns.")
     max_chain_depth: int = Field(10, ge=1, description="Update approach: snapshot when a chain grows past this.")
+    max_replay_depth: int = Field(
+        30, ge=1, description="Provenance approach: snapshot when a recovery would replay more versions than this."
+    )
     max_delta_fraction: float = Field(
         0.5, gt=0, le=1, description="Update approach: snapshot when a delta exceeds this share of a snapshot."
     )

@@ -35,6 +35,7 @@ from .baseline import check_params, read_snapshot, write_snapshot
 __all__ = ["Provenance", "ProvenanceSnapshot", "ProvenanceReplay"]
 
 _DIGEST = re.compile(f"[0-9a-f]{{{2 * DIGEST_SIZE}}}")
+_MAX_CHAIN = 100_000
 _ENTRY_BYTES = 8 << 10  # a dataset URI (at most 4 KiB), its digest, size and recipe name, with JSON syntax
 _TENSOR_ENTRY_BYTES = 1100  # a tensor name (at most 1 KiB) and its digest
 
@@ -89,7 +90,8 @@ class Provenance:
         provenance: ProvenanceRecord | Mapping[str, Any] | None = None, **options: Any,
     ) -> Encoded:
         """A snapshot for a first set; for a derived set, the record of how its changed models were trained."""
-        if base is None:
+        if base is None or len(_replay_chain(base, store, stop_at_cached=False)[0]) >= store.settings.max_replay_depth:
+            # A snapshot bounds how many versions a recovery replays; the record is not needed to recover it.
             return Encoded(ProvenanceSnapshot(params=write_snapshot(model_set, store)))
         if provenance is None:
             raise MMStoreError("a derived provenance set needs provenance=ProvenanceRecord(...); or save it with approach='baseline'")
@@ -105,36 +107,76 @@ class Provenance:
 
     def recover(self, manifest: Manifest, store: StoreAccess, models: np.ndarray | None,
                 context: RecoveryContext) -> np.ndarray:
-        """Recover the base rows, re-train the changed models among `models`, check every result."""
+        """Recover the nearest snapshot's rows, re-train each version's changed models among `models`, check all.
+
+        The chain is walked iteratively, newest to oldest, and every version's trainer, datasets and
+        environment are checked before the first row is read: nothing trains on bad inputs.
+        """
         if manifest.data.kind == "snapshot":
             return read_snapshot(manifest.data.params, manifest.n_models, store, models)
         cached = store.cached_rows(manifest.id)
         if cached is not None:
             return cached.copy() if models is None else cached[models]
-        base = store.base_of(manifest)
-        layout = store.arch_document(manifest).layout
-        stored = _read_stored(manifest, store, layout)
-        if not context.force:
-            _check_trainer(stored.recipe, store)
         wanted = np.arange(manifest.n_models) if models is None else np.unique(models)
-        todo = [entry for entry in stored.changes.models if _contains(wanted, entry.model)]
-        # Datasets and environment are checked here, before the base is recovered: nothing trains on bad inputs.
-        datasets = read_datasets([entry.dataset for entry in todo], DatasetRoots.of(store.url, store.settings), context.dataset_options)
         executor = _executor(context, store, manifest.id)
-        executor.check(stored.environment)
-        base_context = RecoveryContext(None if models is None else wanted, executor, context.force, context.dataset_options)
-        rows = store.recover_rows(base.id, base_context)
+        chain, start = _replay_chain(manifest, store)
+        steps = [_prepare(m, store, wanted, context, executor) for m in chain]
+        rows = store.recover_rows(start.id, RecoveryContext(None if models is None else wanted, executor, context.force,
+                                                            context.dataset_options))
         if not rows.flags.writeable:
             rows = rows.copy()
-        if todo:
-            at = np.searchsorted(wanted, [entry.model for entry in todo])
-            rows[at] = _replay(rows[at], todo, datasets, stored.recipe, store, manifest, executor)
-        if models is None:
-            if digest_bytes(rows) != manifest.data.content:
-                raise ReproductionError(f"the replayed set {manifest.id[:12]} does not match its recorded content digest")
-            store.remember(manifest.id, rows)
-            return rows
-        return rows[np.searchsorted(wanted, models)]
+        for step in reversed(steps):
+            step.apply(rows, wanted, store, executor, complete=models is None)
+        return rows if models is None else rows[np.searchsorted(wanted, models)]
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One version of a chain, ready to replay: its manifest, what it stores, the models to train, their data."""
+
+    manifest: Manifest
+    stored: _Stored
+    todo: list[ChangedModel]
+    datasets: list[bytes]
+
+    def apply(self, rows: np.ndarray, wanted: np.ndarray, store: StoreAccess, executor: Executor, complete: bool) -> None:
+        """Re-train this version's changed models in `rows` (the previous version's), checking every result."""
+        if self.todo:
+            at = np.searchsorted(wanted, [entry.model for entry in self.todo])
+            rows[at] = _replay(rows[at], self.todo, self.datasets, self.stored.recipe, store, self.manifest, executor)
+        if complete:
+            if digest_bytes(rows) != self.manifest.data.content:
+                raise ReproductionError(f"the replayed set {self.manifest.id[:12]} does not match its recorded content digest")
+            store.remember(self.manifest.id, rows)
+
+
+def _replay_chain(manifest: Manifest, store: StoreAccess, stop_at_cached: bool = True) -> tuple[list[Manifest], Manifest]:
+    """The replayed versions from `manifest` down to (excluding) the first snapshot, cached or other set."""
+    chain, current = [], manifest
+    while current.approach == Provenance.name and current.data.kind == "replay":
+        if stop_at_cached and store.cached_rows(current.id) is not None:
+            break
+        if len(chain) >= _MAX_CHAIN:
+            raise FormatError(
+                f"set {manifest.id[:12]} is more than {_MAX_CHAIN} replays from a snapshot; save a snapshot of it "
+                "(approach='baseline') and derive from that"
+            )
+        chain.append(current)
+        current = store.base_of(current)
+    return chain, current
+
+
+def _prepare(manifest: Manifest, store: StoreAccess, wanted: np.ndarray, context: RecoveryContext,
+             executor: Executor) -> _Step:
+    """Read and check one version's record, trainer, datasets and environment; nothing is trained yet."""
+    stored = _read_stored(manifest, store, store.arch_document(manifest).layout)
+    if not context.force:
+        _check_trainer(stored.recipe, store)
+    todo = [entry for entry in stored.changes.models if _contains(wanted, entry.model)]
+    roots = DatasetRoots.of(store.url, store.settings)
+    datasets = read_datasets([entry.dataset for entry in todo], roots, context.dataset_options)
+    executor.check(stored.environment)
+    return _Step(manifest, stored, todo, datasets)
 
 
 def _recipe_document(record: ProvenanceRecord, store: StoreAccess) -> RecipeDocument:
@@ -145,15 +187,15 @@ def _recipe_document(record: ProvenanceRecord, store: StoreAccess) -> RecipeDocu
 
 def _digest_table(manifest: Manifest, layout: Layout, store: StoreAccess) -> np.ndarray:
     """The per-tensor digests of a set's rows, without re-training: replayed sets record theirs."""
-    cached = store.cached_rows(manifest.id)
-    if cached is None and manifest.approach == Provenance.name and manifest.data.kind == "replay":
-        table = _digest_table(store.base_of(manifest), layout, store).copy()
-        names = {spec.name: t for t, spec in enumerate(layout.tensors)}
-        for entry in _read_stored(manifest, store, layout).changes.models:
+    chain, start = _replay_chain(manifest, store)
+    cached = store.cached_rows(start.id)
+    table = tensor_digests(cached if cached is not None else store.recover_rows(start.id), layout).copy()
+    names = {spec.name: t for t, spec in enumerate(layout.tensors)}
+    for version in reversed(chain):
+        for entry in _read_stored(version, store, layout).changes.models:
             for name, digest in entry.tensors.items():
                 table[entry.model, names[name]] = np.frombuffer(bytes.fromhex(digest), dtype=np.uint8)
-        return table
-    return tensor_digests(cached if cached is not None else store.recover_rows(manifest.id), layout)
+    return table
 
 
 def _change_list(model_set: ModelSet, base_table: np.ndarray, record: ProvenanceRecord) -> ChangeList:
