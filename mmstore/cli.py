@@ -85,16 +85,26 @@ def cmd_log(store: Store, args: argparse.Namespace) -> None:
 def cmd_verify(store: Store, args: argparse.Namespace) -> None:
     """Read and check every byte of one set or of all sets."""
     ids = [store.resolve(args.set)] if args.set else [info.id for info in store.list()]
+    repaired = _repair(store, args)
     if not args.set:
         store.verify_lineages()
     for set_id in progress(ids, "verifying"):
         store.verify(set_id)
     orphans = store.unreferenced()
-    data = {"verified": ids, "unreferenced_blobs": orphans.blobs, "unreferenced_bytes": orphans.freed}
+    data = {"verified": ids, "repaired": repaired, "unreferenced_blobs": orphans.blobs, "unreferenced_bytes": orphans.freed}
     _emit(args, data, lambda d: print(
-        f"ok: {len(d['verified'])} set(s) verified; {d['unreferenced_blobs']} unreferenced blob(s), "
+        f"ok: {len(d['verified'])} set(s) verified ({len(d['repaired'])} blob(s) repaired); "
+        f"{d['unreferenced_blobs']} unreferenced blob(s), "
         f"{d['unreferenced_bytes']} bytes unreferenced (`mmstore gc` removes them after the grace period)"
     ))
+
+
+def _repair(store: Store, args: argparse.Namespace) -> list[str]:
+    if not args.repair:
+        return []
+    if not args.source:
+        raise MMStoreError("--repair needs --from URL: a store (a backup or a replica) holding healthy copies")
+    return store.repair(Store.open(args.source, store.settings), args.set)
 
 
 def cmd_du(store: Store, args: argparse.Namespace) -> None:
@@ -173,6 +183,9 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         if arg:
             p.add_argument("set", nargs="?" if arg.endswith("?") else None, help="set id, id prefix or lineage")
         p.set_defaults(func=func)
+    verify = sub.choices["verify"]
+    verify.add_argument("--repair", action="store_true", help="rewrite damaged or missing blobs from the store given by --from")
+    verify.add_argument("--from", dest="source", help="a store with healthy copies (a backup or a replica)")
     gc = sub.choices["gc"]
     gc.add_argument("--grace", default="24h", help="only what is older than this (default: %(default)s; e.g. 0, 30m, 14d)")
     gc.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")

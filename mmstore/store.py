@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 
 from .approaches import RecoveryContext, get_approach
 from .backend import Backend, open_backend
-from .blobs import BlobRef, BlobStore
+from .blobs import BlobRef, BlobStore, blob_key
 from .digest import digest_bytes
 from .documents import StoreDocuments
 from .gc import TRASH, GcReport, collect
@@ -267,6 +267,26 @@ class Store:
             # The checks a recovery makes on the rows (width, zero padding), so verify never passes what recover refuses.
             ModelSet(doc.arch, doc.layout, self.recover_rows(sid, context))
         return ids
+
+    def repair(self, source: "Store", set_id: str | None = None) -> list[str]:
+        """Rewrite every damaged or missing blob of one set (or all sets) from `source`; returns their ids.
+
+        A blob is taken from `source` only after it verifies there against the same digest.
+        """
+        ids = [self.resolve(set_id)] if set_id else [info.id for info in self.list()]
+        repaired = []
+        for ref in {ref.id: ref for sid in ids for ref in self._refs(self.manifest(sid))}.values():
+            try:
+                self.blobs.get(ref)
+            except (IntegrityError, NotFoundError):
+                try:
+                    healthy = source.blobs.get(ref)
+                except MMStoreError as exc:
+                    raise MMStoreError(f"blob {ref.id[:12]} is damaged here and cannot be read from {source.url} ({exc}); "
+                                       "restore it from a backup") from None
+                self.backend.put(blob_key(ref.id), memoryview(healthy), exclusive=False)
+                repaired.append(ref.id)
+        return repaired
 
     def verify_lineages(self) -> None:
         """Every lineage ref must name a set that exists and parses."""

@@ -245,3 +245,22 @@ def test_a_deletion_that_stopped_half_way_is_undone_by_gc(local_store):
         Store.open(local_store.url, TEST_SETTINGS).recover(set_id)
     local_store.collect_garbage(grace=0)
     assert Store.open(local_store.url, TEST_SETTINGS).recover(set_id).equals(model_set(6))
+
+
+def test_verify_repair_rewrites_damaged_blobs_from_a_replica(tmp_path, capsys):
+    data = model_set(8)
+    damaged, replica = Store.open(str(tmp_path / "a"), TEST_SETTINGS), Store.open(str(tmp_path / "b"), TEST_SETTINGS)
+    set_id = damaged.save(data, lineage="fleet")
+    replica.save(data, lineage="fleet")
+    params = damaged.manifest(set_id).blobs["params"].id
+    key = f"blobs/{params[:2]}/{params[2:]}"
+    flipped = bytearray(damaged.backend.get(key))
+    flipped[3] ^= 1
+    damaged.backend.put(key, bytes(flipped), exclusive=False)
+    assert main(["--store", damaged.url, "verify"]) == 1
+    assert "corrupt" in capsys.readouterr().err
+    assert main(["--store", damaged.url, "verify", "--repair"]) == 1
+    assert "--from" in capsys.readouterr().err
+    assert main(["--store", damaged.url, "--json", "verify", "--repair", "--from", replica.url]) == 0
+    assert params in capsys.readouterr().out
+    assert Store.open(damaged.url, TEST_SETTINGS).recover(set_id).equals(data)
