@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -14,11 +13,11 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 
 from .approaches import RecoveryContext, get_approach
 from .backend import Backend, open_backend
-from .blobs import BlobRef, BlobStore, blob_key
+from .blobs import BlobRef, BlobStore
 from .digest import digest_bytes
 from .documents import StoreDocuments
-from .gc import TRASH, GcReport, collect
-from .errors import ArchitectureError, ConflictError, FormatError, InUseError, IntegrityError, MMStoreError, NotFoundError
+from .lifecycle import Lifecycle
+from .errors import ArchitectureError, ConflictError, FormatError, IntegrityError, MMStoreError, NotFoundError
 from .manifest import LINEAGE_PATTERN, ArchDocument, Manifest, canonical_json
 from .modelset import ModelSet
 from .settings import Settings
@@ -26,7 +25,6 @@ from .settings import Settings
 __all__ = ["Store", "SetInfo", "RecoveryContext"]
 
 _LINEAGE = re.compile(LINEAGE_PATTERN)
-DEFAULT_GRACE = 24 * 3600.0  # longer than any save takes: a blob written by a running save is never a candidate
 
 
 def _utc_now() -> str:
@@ -47,7 +45,7 @@ class SetInfo(BaseModel):
     meta: dict[str, JsonValue]
 
 
-class Store:
+class Store(Lifecycle):
     """Model sets on one backend: a local directory, s3://bucket/prefix or memory://name."""
 
     def __init__(self, backend: Backend, settings: Settings | None = None, clock: Callable[[], str] = _utc_now):
@@ -138,47 +136,6 @@ class Store:
                 f"inspect `mmstore log {lineage}` and save again on top of its new head"
             ) from exc
 
-    def delete(self, set_id: str) -> int:
-        """Delete a set no other set derives from; returns the bytes of its manifest.
-
-        A lineage pointing at the set moves back to the set's base. The set's blobs are left to
-        `collect_garbage`, whose protocol keeps every blob a concurrent save still needs. The
-        manifest is first moved aside, then the store is listed again: a set derived from it
-        meanwhile puts it back and the deletion is refused.
-        """
-        set_id = self.resolve(set_id)
-        manifest = self.manifest(set_id)
-        self._refuse_dependents(set_id)
-        key, aside = f"sets/{set_id}.json", f"{TRASH}/{uuid.uuid4().hex}-set-{set_id}.json"
-        freed = self.backend.size(key)
-        self.backend.move(key, aside)
-        self.documents.forget_manifest(set_id)
-        try:
-            self._refuse_dependents(set_id)
-        except InUseError:
-            self.backend.move(aside, key)
-            raise
-        for name, head in self.lineages().items():
-            if head == set_id:
-                self._retarget_lineage(name, set_id, manifest.base)
-        self.backend.delete(aside)
-        return freed
-
-    def _refuse_dependents(self, set_id: str) -> None:
-        dependents = [info.id[:12] for info in self.list() if info.base == set_id]
-        if dependents:
-            raise InUseError(f"set {set_id[:12]} is the base of {', '.join(dependents)}; delete those first (newest first)")
-
-    def collect_garbage(self, grace: float = DEFAULT_GRACE, dry_run: bool = False) -> GcReport:
-        """Remove blobs no set references, stale temporary files and unfinished uploads older than `grace` s."""
-        return collect(self, grace, dry_run)
-
-    def _retarget_lineage(self, name: str, head: str, base: str | None) -> None:
-        if base is None:
-            self.backend.delete(f"refs/{name}")
-        else:
-            self.backend.swap(f"refs/{name}", head.encode(), base.encode())
-
     # -- reading ---------------------------------------------------------------------------------
 
     def resolve(self, ref: str) -> str:
@@ -267,43 +224,6 @@ class Store:
             # The checks a recovery makes on the rows (width, zero padding), so verify never passes what recover refuses.
             ModelSet(doc.arch, doc.layout, self.recover_rows(sid, context))
         return ids
-
-    def repair(self, source: "Store", set_id: str | None = None) -> list[str]:
-        """Rewrite every damaged or missing blob of one set (or all sets) from `source`; returns their ids.
-
-        A blob is taken from `source` only after it verifies there against the same digest.
-        """
-        ids = [self.resolve(set_id)] if set_id else [info.id for info in self.list()]
-        repaired = []
-        for ref in {ref.id: ref for sid in ids for ref in self._refs(self.manifest(sid))}.values():
-            try:
-                self.blobs.get(ref)
-            except (IntegrityError, NotFoundError):
-                try:
-                    healthy = source.blobs.get(ref)
-                except MMStoreError as exc:
-                    raise MMStoreError(f"blob {ref.id[:12]} is damaged here and cannot be read from {source.url} ({exc}); "
-                                       "restore it from a backup") from None
-                self.backend.put(blob_key(ref.id), memoryview(healthy), exclusive=False)
-                repaired.append(ref.id)
-        return repaired
-
-    def verify_lineages(self) -> None:
-        """Every lineage ref must name a set that exists and parses."""
-        for name in self.backend.list("refs"):
-            if not _LINEAGE.fullmatch(name):
-                continue
-            try:
-                self.manifest(self.documents.ref(name) or "")
-            except MMStoreError as exc:
-                raise IntegrityError(
-                    f"lineage {name!r} is damaged or points at a set that is missing or damaged ({exc}); "
-                    f"move it to a valid set or delete refs/{name}"
-                ) from None
-
-    def unreferenced(self) -> GcReport:
-        """What garbage collection with no grace period would remove now: orphaned blobs and temporary files."""
-        return collect(self, 0.0, dry_run=True)
 
     def export(self, set_id: str, out_dir: str, context: RecoveryContext | None = None, track: Any = None,
                **options: Any) -> list[str]:

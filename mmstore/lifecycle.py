@@ -1,0 +1,106 @@
+"""What keeps a store healthy over years: deleting sets, collecting garbage, repairing blobs, checking lineages.
+
+Mixed into `Store`; the protocols and the argument why no committed set loses a byte are in
+docs/architecture.md ("Garbage collection and deletion").
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import TYPE_CHECKING
+
+from .blobs import blob_key
+from .errors import InUseError, IntegrityError, MMStoreError, NotFoundError
+from .gc import TRASH, GcReport, collect
+from .manifest import LINEAGE_PATTERN
+
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = ["Lifecycle", "DEFAULT_GRACE"]
+
+_LINEAGE = re.compile(LINEAGE_PATTERN)
+DEFAULT_GRACE = 24 * 3600.0  # longer than any save takes: a blob written by a running save is never a candidate
+
+
+class Lifecycle:
+    """Deletion, garbage collection, repair and lineage checks of a `Store`."""
+
+    def delete(self, set_id: str) -> int:
+        """Delete a set no other set derives from; returns the bytes of its manifest.
+
+        A lineage pointing at the set moves back to the set's base. The set's blobs are left to
+        `collect_garbage`, whose protocol keeps every blob a concurrent save still needs. The
+        manifest is first moved aside, then the store is listed again: a set derived from it
+        meanwhile puts it back and the deletion is refused.
+        """
+        set_id = self.resolve(set_id)
+        manifest = self.manifest(set_id)
+        self._refuse_dependents(set_id)
+        key, aside = f"sets/{set_id}.json", f"{TRASH}/{uuid.uuid4().hex}-set-{set_id}.json"
+        freed = self.backend.size(key)
+        self.backend.move(key, aside)
+        self.documents.forget_manifest(set_id)
+        try:
+            self._refuse_dependents(set_id)
+        except InUseError:
+            self.backend.move(aside, key)
+            raise
+        for name, head in self.lineages().items():
+            if head == set_id:
+                self._retarget_lineage(name, set_id, manifest.base)
+        self.backend.delete(aside)
+        return freed
+
+    def _refuse_dependents(self, set_id: str) -> None:
+        dependents = [info.id[:12] for info in self.list() if info.base == set_id]
+        if dependents:
+            raise InUseError(f"set {set_id[:12]} is the base of {', '.join(dependents)}; delete those first (newest first)")
+
+    def collect_garbage(self, grace: float = DEFAULT_GRACE, dry_run: bool = False) -> GcReport:
+        """Remove blobs no set references, stale temporary files and unfinished uploads older than `grace` s."""
+        return collect(self, grace, dry_run)
+
+    def _retarget_lineage(self, name: str, head: str, base: str | None) -> None:
+        if base is None:
+            self.backend.delete(f"refs/{name}")
+        else:
+            self.backend.swap(f"refs/{name}", head.encode(), base.encode())
+
+    def repair(self, source: Store, set_id: str | None = None) -> list[str]:
+        """Rewrite every damaged or missing blob of one set (or all sets) from `source`; returns their ids.
+
+        A blob is taken from `source` only after it verifies there against the same digest.
+        """
+        ids = [self.resolve(set_id)] if set_id else [info.id for info in self.list()]
+        repaired = []
+        for ref in {ref.id: ref for sid in ids for ref in self._refs(self.manifest(sid))}.values():
+            try:
+                self.blobs.get(ref)
+            except (IntegrityError, NotFoundError):
+                try:
+                    healthy = source.blobs.get(ref)
+                except MMStoreError as exc:
+                    raise MMStoreError(f"blob {ref.id[:12]} is damaged here and cannot be read from {source.url} ({exc}); "
+                                       "restore it from a backup") from None
+                self.backend.put(blob_key(ref.id), memoryview(healthy), exclusive=False)
+                repaired.append(ref.id)
+        return repaired
+
+    def verify_lineages(self) -> None:
+        """Every lineage ref must name a set that exists and parses."""
+        for name in self.backend.list("refs"):
+            if not _LINEAGE.fullmatch(name):
+                continue
+            try:
+                self.manifest(self.documents.ref(name) or "")
+            except MMStoreError as exc:
+                raise IntegrityError(
+                    f"lineage {name!r} is damaged or points at a set that is missing or damaged ({exc}); "
+                    f"move it to a valid set or delete refs/{name}"
+                ) from None
+
+    def unreferenced(self) -> GcReport:
+        """What garbage collection with no grace period would remove now: orphaned blobs and temporary files."""
+        return collect(self, 0.0, dry_run=True)
