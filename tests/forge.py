@@ -177,3 +177,28 @@ def node_paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
 def rows_equal(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two sets' byte matrices are identical."""
     return a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def replay_blobs(root: Path, models: list | None = None, trainer: str = "tests.provenance_fleet:drifting_train") -> dict:
+    """Recipe, environment and change-list blobs of a provenance replay set (no models changed by default)."""
+    recipe = {"schema_version": 1, "trainer": trainer, "trainer_digest": "0" * 64, "recipes": {}}
+    changes = zstandard.ZstdCompressor().compress(canonical({"schema_version": 1, "models": models or []}))
+    return {"recipe": put_blob(root, canonical(recipe)), "environment": put_blob(root, b"{}"),
+            "changes": put_blob(root, changes)}
+
+
+def replay_manifest(root: Path, base_id: str, content: str, changed: int = 0, **blobs: Any) -> dict:
+    """A provenance replay manifest deriving from `base_id`, built from the `prov` head's fields."""
+    template = read_manifest(root, head(root, "prov"))
+    data = {"kind": "replay", "changed": changed, "content": content, **(blobs or replay_blobs(root))}
+    return {**template, "base": base_id, "data": data}
+
+
+def zero_width_arch(root: Path, manifest: dict, names: str = "abcd", factory: str | None = None) -> dict:
+    """The ref of an architecture document like `manifest`'s whose layout is `names` empty uint8 tensors (row 0)."""
+    doc = json.loads(read_blob(root, manifest["arch"]))
+    if factory is not None:
+        doc["arch"] = {"factory": factory, "kwargs": {}, "source_digest": ""}
+    doc["layout"] = {"tensors": [{"name": n, "dtype": "uint8", "shape": [0], "offset": 0} for n in names],
+                     "row_nbytes": 0, "ties": {}}
+    return put_blob(root, canonical(doc))
