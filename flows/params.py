@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 import mmstore.approaches  # noqa: F401  (registers the built-in approaches)
 from mmstore.plugins import APPROACHES, EXECUTORS
 
-__all__ = ["FleetUpdateParameters", "RecoverParameters", "ScenarioParameters", "Approach", "ExecutorName"]
+__all__ = ["FleetUpdateParameters", "RecoverParameters", "ScenarioParameters", "MaintenanceParameters", "Approach", "ExecutorName"]
 
 # The UI's choices are the registries' names: a plug-in that registers one appears in the form.
 Approach = Literal[APPROACHES.names()]  # type: ignore[valid-type]
@@ -53,3 +53,13 @@ class ScenarioParameters(BaseModel):
     arch: Literal["ffnn48", "ffnn69"] = "ffnn48"
     datasets: str | None = Field(None, description="Dataset location (default: the store URL + '-datasets')")
     lineage: str | None = Field(None, description="Lineage name (default: fleet-<seed>)")
+
+
+class MaintenanceParameters(BaseModel):
+    """Weekly upkeep of a store: garbage collection and a sampled verification."""
+
+    store: str = Field("./mmstore-data/update", description="Store URL")
+    grace_hours: float = Field(24.0, ge=0, description="Only garbage older than this is removed (hours)")
+    verify_sample: int = Field(10, ge=0, description="Sets verified byte for byte besides every lineage's head")
+    seed: int = Field(0, description="Seed of the sample")
+    dry_run: bool = Field(False, description="Report what garbage collection would free, free nothing")
