@@ -109,7 +109,8 @@ def _repair(store: Store, args: argparse.Namespace) -> list[str]:
 
 def cmd_du(store: Store, args: argparse.Namespace) -> None:
     """Show what each set adds to the store."""
-    rows = [{"short": i.id[:12], "id": i.id, "approach": i.approach, "bytes": store.size(i.id)} for i in store.list()]
+    sizes = store.sizes()
+    rows = [{"short": i.id[:12], "id": i.id, "approach": i.approach, "bytes": sizes[i.id]} for i in store.list()]
     unreferenced = store.unreferenced().freed
     data = {"sets": rows, "total": sum(r["bytes"] for r in rows), "unreferenced": unreferenced}
     _emit(args, data, lambda d: (_table(d["sets"], ["short", "approach", "bytes"]), print(

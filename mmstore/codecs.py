@@ -21,6 +21,7 @@ __all__ = ["CODECS", "Codec", "byte_group", "byte_ungroup", "encode", "decode", 
 _LEVEL = 3
 # Our encoders use windows of at most 8 MiB; a payload asking for more is not ours.
 _MAX_WINDOW = 1 << 24
+_PIECE = 1 << 20
 
 
 def byte_group(data: np.ndarray, itemsize: int) -> np.ndarray:
@@ -51,13 +52,24 @@ def decompress_bounded(
             raise IntegrityError(f"{what} declares {declared} bytes instead of {size}; the store is damaged")
         reader = zstandard.ZstdDecompressor(max_window_size=_MAX_WINDOW).stream_reader(io.BytesIO(memoryview(payload)))
         with reader:
-            out = reader.read(size) if size else b""
+            out = _read_up_to(reader, size)
             extra = reader.read(1)
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"{what} does not decode ({exc}); the store is damaged") from exc
     if (len(out) != size and not at_most) or extra:
         raise IntegrityError(f"{what} decodes to {'more' if extra else len(out)} bytes instead of {size}; the store is damaged")
     return out
+
+
+def _read_up_to(reader, size: int) -> bytes:
+    """At most `size` bytes, read in pieces: memory follows what the payload really holds, not the bound."""
+    out = bytearray()
+    while len(out) < size:
+        piece = reader.read(min(size - len(out), _PIECE))
+        if not piece:
+            break
+        out += piece
+    return bytes(out)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import re
 
 from .backend import Backend
 from .blobs import BlobStore, check_id
+from .diff import DIGEST_SIZE
 from .errors import FormatError, NewerFormatError, NotFoundError, ResourceLimitError
 from .manifest import FORMAT_VERSION, MAX_DOCUMENT_BYTES, ArchDocument, Manifest, parse_document, parse_json
 from .settings import Settings
@@ -21,6 +22,7 @@ __all__ = ["StoreDocuments", "MARKER"]
 MARKER = "mmstore.json"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _REF_BYTES = 65  # a set id, perhaps with a newline
+_MODEL_OVERHEAD = 64  # bytes a reader spends per model at least, whatever its row
 
 
 class StoreDocuments:
@@ -106,11 +108,12 @@ class StoreDocuments:
                 raise FormatError(f"{what} is larger than any architecture document; the store was forged")
             doc = parse_document(ArchDocument, parse_json(self.blobs.get(manifest.arch).tobytes(), what), what)
             self._arch_docs[manifest.arch.id] = doc
-        set_bytes = manifest.n_models * doc.layout.row_nbytes
-        if set_bytes > self.settings.max_set_bytes:
+        # Rows, digest tables and per-model objects all grow with the model count, even for empty rows.
+        per_model = max(doc.layout.row_nbytes, len(doc.layout.tensors) * DIGEST_SIZE, _MODEL_OVERHEAD)
+        if manifest.n_models * per_model > self.settings.max_set_bytes:
             raise ResourceLimitError(
-                f"set {manifest.id[:12]} holds {set_bytes} bytes of parameters, more than the limit of "
-                f"{self.settings.max_set_bytes}; raise MMSTORE_MAX_SET_BYTES if you trust this store"
+                f"set {manifest.id[:12]} needs {manifest.n_models * per_model} bytes for {manifest.n_models} models, "
+                f"more than the limit of {self.settings.max_set_bytes}; raise MMSTORE_MAX_SET_BYTES if you trust this store"
             )
         manifest.data.check(manifest.n_models, doc.layout)
         return doc

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from .blobs import blob_key
@@ -104,3 +105,28 @@ class Lifecycle:
     def unreferenced(self) -> GcReport:
         """What garbage collection with no grace period would remove now: orphaned blobs and temporary files."""
         return collect(self, 0.0, dry_run=True)
+
+    def sizes(self) -> dict[str, int]:
+        """What every set adds to the store (as `size` computes it), in one walk over all chains."""
+        infos = {info.id: info for info in self.list()}
+        children: dict[str | None, list[str]] = {}
+        for info in infos.values():
+            if info.base is not None and info.base not in infos:
+                raise NotFoundError(f"set {info.id[:12]} derives from {info.base[:12]}, which is missing; "
+                                    "the store is damaged: run `mmstore verify` and restore it from a backup")
+            children.setdefault(info.base, []).append(info.id)
+        held: Counter[str] = Counter()  # blobs the sets on the path from a root to here reference
+        sizes: dict[str, int] = {}
+        stack: list[tuple[str, bool]] = [(set_id, True) for set_id in children.get(None, [])]
+        while stack:
+            set_id, entering = stack.pop()
+            refs = {ref.id for ref in self._refs(self.manifest(set_id))}
+            if not entering:
+                held.subtract(refs)
+                continue
+            own = [blob_id for blob_id in refs if held[blob_id] <= 0]
+            sizes[set_id] = self.backend.size(f"sets/{set_id}.json") + sum(self.blobs.stored_size(b) for b in own)
+            held.update(refs)
+            stack.append((set_id, False))
+            stack.extend((child, True) for child in children.get(set_id, []))
+        return sizes

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from .arch import ArchSpec, build_module, resolve_factory
 from .errors import ArchitectureError
+from .gather import gather
 from .layout import Layout, TensorSpec, torch_dtype
 
 __all__ = ["ModelSet"]
@@ -51,13 +52,17 @@ class ModelSet:
 
     @classmethod
     def from_modules(cls, modules: Sequence[torch.nn.Module], arch: ArchSpec | str | None = None) -> "ModelSet":
-        """Collect the state of `modules` (one architecture) into a set."""
+        """Collect the state of `modules` (one architecture) into a set, byte for byte as their state dicts hold it."""
         if not modules:
             raise ArchitectureError("a model set needs at least one model")
         if arch is None:
             arch = ArchSpec.of(modules[0])
         elif isinstance(arch, str):
             arch = _named(arch)
+        layout = Layout.of(modules[0].state_dict())
+        data = np.zeros((len(modules), layout.row_nbytes), dtype=np.uint8)
+        if gather(modules, layout, data):
+            return cls(arch, layout, data)
         return cls.from_state_dicts([m.state_dict() for m in modules], arch)
 
     @classmethod

@@ -290,9 +290,15 @@ def _context(context: RecoveryContext | None, models: Sequence[int] | None, opti
 
 def _check_indices(models: Sequence[int], n: int) -> np.ndarray:
     try:
-        picked = np.asarray(models, dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError, OverflowError):
-        raise NotFoundError(f"model indices must be integers in [0, {n}); got {str(models)[:80]}") from None
+        given = np.asarray(models)
+    except (TypeError, ValueError):
+        given = np.asarray([None])
+    if given.size and given.dtype.kind not in "iu":  # 1.7, True and "3" are not model numbers
+        raise NotFoundError(f"model indices must be integers in [0, {n}); got {str(models)[:80]}")
+    try:
+        picked = given.astype(np.int64).reshape(-1)
+    except OverflowError:
+        raise NotFoundError(f"model indices must lie in [0, {n}); got {str(models)[:80]}") from None
     if picked.size and (picked.min() < -n or picked.max() >= n):
         raise NotFoundError(f"model indices must lie in [0, {n}); got {models!r}")
     return np.where(picked < 0, picked + n, picked)

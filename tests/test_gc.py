@@ -264,3 +264,15 @@ def test_verify_repair_rewrites_damaged_blobs_from_a_replica(tmp_path, capsys):
     assert main(["--store", damaged.url, "--json", "verify", "--repair", "--from", replica.url]) == 0
     assert params in capsys.readouterr().out
     assert Store.open(damaged.url, TEST_SETTINGS).recover(set_id).equals(data)
+
+
+def test_sizes_agrees_with_size_on_branching_chains(local_store):
+    base = local_store.save(model_set(20), approach="update", lineage="a")
+    for seed in (21, 22):
+        data = model_set(20).data.copy()
+        data[seed % 5, :16] ^= 0xFF
+        local_store.save(ModelSet(ARCH, LAYOUT, data), approach="update", base=base, lineage=f"b{seed}")
+    local_store.save(model_set(23), lineage="c")
+    sizes = local_store.sizes()
+    assert sizes == {info.id: local_store.size(info.id) for info in local_store.list()}
+    assert len(sizes) == 4

@@ -233,7 +233,8 @@ def _read_stored(manifest: Manifest, store: StoreAccess, layout: Layout) -> _Sto
     what = f"the recipe of set {manifest.id[:12]}"
     recipe = parse_document(RecipeDocument, parse_json(blob("recipe"), what), what)
     # A change list entry holds a dataset reference and at most one digest per tensor: that bounds decoding.
-    bound = manifest.data.changed * (_ENTRY_BYTES + len(layout.tensors) * _TENSOR_ENTRY_BYTES) + _ENTRY_BYTES
+    bound = min(manifest.data.changed * (_ENTRY_BYTES + len(layout.tensors) * _TENSOR_ENTRY_BYTES) + _ENTRY_BYTES,
+                store.settings.max_set_bytes)
     changes = decode_changes(blob("changes"), manifest.id, bound)
     _check_changes(changes, recipe, manifest, layout)
     return _Stored(recipe, blob("environment"), changes)

@@ -173,6 +173,9 @@ def _chain(manifest: Manifest, store: StoreAccess, stop_at_cached: bool = False)
             raise FormatError(f"the chain of set {manifest.id[:12]} is longer than any valid chain; the store was forged")
         chain.append(current)
         current = store.base_of(current)
+    if chain and _kind(current) != "snapshot" and store.cached_rows(current.id) is None:
+        # A save over a set of another approach writes a snapshot, so a delta's base is always an update set.
+        raise FormatError(f"set {chain[-1].id[:12]} is a delta over a {current.approach} set; the store was forged or damaged")
     return chain, current
 
 
