@@ -1,12 +1,12 @@
-"""Collect many modules of one architecture into a set's byte matrix with one copy per tensor name.
+"""Collect many modules of one architecture into a set's byte matrix, one stacked copy per tensor name.
 
-`Module.state_dict()` builds a dictionary per module and detaches every tensor, one Python call at
-a time; for thousands of small models that dominates saving. Here the module trees are walked
-column by column (one submodule position across all models at once, with C-level `map`s), and
-each tensor name is written with one `torch.stack` straight into its column block of the matrix.
-Whenever the models might not give exactly what `state_dict()` gives (custom state-dict methods,
-hooks, differing structure, shared storage, other devices or tensor types), `gather` returns None
-and the caller takes the general path, which also produces its error messages.
+`Module.state_dict()` builds an ordered dictionary per module and detaches every tensor, one Python
+call at a time; for thousands of small models that dominates saving. Here the module trees are
+walked column by column (one submodule position across all models at once, with C-level `map`s),
+and each tensor name is copied with `torch.stack` into its column block of the matrix. Whenever
+the models might not give exactly what `state_dict()` gives (custom state-dict methods or hooks,
+differing structure, dtypes or shapes, shared storage, other devices or tensor types), `gather`
+returns False and the caller takes the general path, which also words the errors.
 """
 
 from __future__ import annotations
@@ -24,56 +24,39 @@ __all__ = ["gather"]
 
 _PLAIN_TENSORS = frozenset({torch.Tensor, nn.Parameter})
 _NONE = frozenset({type(None)})
-# What state_dict() does for a module whose class keeps these: its parameters, then its persistent
-# buffers, then its children, and nothing else.
+# A class keeping these defaults saves its parameters, its persistent buffers, its children, nothing else.
 _DEFAULT_METHODS = ("state_dict", "_save_to_state_dict", "get_extra_state")
-_FIELDS = ("_parameters", "_buffers", "_modules")
 _HOOKS = ("_state_dict_hooks", "_state_dict_pre_hooks")
+_FIELDS = ("_parameters", "_buffers", "_modules")
 _DTYPE = attrgetter("dtype")
+_ADDRESS = torch.Tensor.data_ptr
 # Models are copied in chunks whose staging buffer stays in the cache between its two copies.
 _STAGING_NBYTES = 2 << 20
 
 
 class _Mismatch(Exception):
-    """The models may differ from what a plain walk assumes: take the general path."""
+    """The models may differ from what the walk assumes: take the general path."""
 
 
 def gather(modules: Sequence[nn.Module], layout: Layout, data: np.ndarray) -> bool:
-    """Write every model's tensors into its row of `data` (zeros); False if the general path must run."""
+    """Write every model's tensors into its row of `data` (zeros, laid out by `layout`); False if it could not."""
     try:
         columns = _columns(modules)
-    except (_Mismatch, KeyError, AttributeError, TypeError):
-        # A module missing a standard attribute is not one this walk understands.
-        return False
-    if list(columns) != [spec.name for spec in layout.tensors] or not _plain_tensors(columns, layout):
-        return False
-    staging = np.empty(max(_STAGING_NBYTES, layout.row_nbytes), dtype=np.uint8)
-    try:
+        if list(columns) != [spec.name for spec in layout.tensors] or not _tied_as_laid_out(columns, layout):
+            return False
+        owned = [spec for spec in layout.tensors if spec.name not in layout.ties]
+        addresses = np.zeros((len(owned), len(modules)), dtype=np.uint64)
+        staging = np.empty(max(_STAGING_NBYTES, layout.row_nbytes), dtype=np.uint8)
         with torch.no_grad():
-            for spec in layout.tensors:
-                if spec.name not in layout.ties:
-                    _copy(columns[spec.name], spec, data, staging)
-    except (RuntimeError, NotImplementedError):
-        # Tensors on another device, or of differing shapes: the general path copies or explains.
+            for spec, row in zip(owned, addresses):
+                _copy(columns[spec.name], spec, data, staging, row)
+    except (_Mismatch, KeyError, AttributeError, TypeError):
+        # A module without the standard attributes, or models that differ: the general path decides.
         return False
-    return True
-
-
-def _copy(column: list[torch.Tensor], spec: TensorSpec, data: np.ndarray, staging: np.ndarray) -> None:
-    """One tensor of every model into its column block, a cache-sized chunk of models at a time.
-
-    Stacking into a contiguous buffer takes torch's memcpy path; stacking into the strided column
-    block directly costs a general copy per tensor, about twice as long.
-    """
-    if spec.nbytes == 0:
-        torch.stack(column, out=torch.empty((len(column), *spec.shape), dtype=torch_dtype(spec.dtype)))
-        return
-    chunk = max(1, _STAGING_NBYTES // spec.nbytes)
-    for start in range(0, len(column), chunk):
-        part = column[start : start + chunk]
-        raw = staging[: len(part) * spec.nbytes]
-        torch.stack(part, out=torch.from_numpy(raw).view(torch_dtype(spec.dtype)).view(len(part), *spec.shape))
-        data[start : start + len(part), spec.offset : spec.offset + spec.nbytes] = raw.reshape(len(part), spec.nbytes)
+    except (RuntimeError, NotImplementedError):
+        # Tensors on another device or of differing shapes, which torch.stack refuses.
+        return False
+    return _unshared(addresses)
 
 
 def _columns(modules: Sequence[nn.Module]) -> dict[str, list[torch.Tensor]]:
@@ -98,19 +81,19 @@ def _columns(modules: Sequence[nn.Module]) -> dict[str, list[torch.Tensor]]:
         for key in buffer_keys:
             if key not in skipped:
                 _emit(columns, prefix + key, list(map(itemgetter(key), buffers)))
-        # Last pushed, first walked: children in reverse, so each subtree follows its parent as in state_dict.
+        # Last pushed, first walked: children go in reversed, so each subtree follows its parent as in state_dict.
         for key in reversed(_same(children, tuple)):
             pending.append((f"{prefix}{key}.", list(map(itemgetter(key), children))))
     return columns
 
 
 def _plain_module(kind: type) -> bool:
-    """A module class whose state_dict() is its parameters, persistent buffers and children, nothing else."""
+    """A module class whose state_dict() is its parameters, persistent buffers and children."""
     return issubclass(kind, nn.Module) and all(getattr(kind, name) is getattr(nn.Module, name) for name in _DEFAULT_METHODS)
 
 
 def _present(column: list) -> set[type] | None:
-    """The types in a column; None if the entry is None in every model, as state_dict then skips it."""
+    """The types in a column; None if the entry is None in every model (state_dict skips it)."""
     kinds = set(map(type, column))
     if kinds == _NONE:
         return None
@@ -120,7 +103,7 @@ def _present(column: list) -> set[type] | None:
 
 
 def _same(values: list, key: Callable) -> tuple | frozenset:
-    """`key` of the values (the keys of a dict, in order), which every model must share."""
+    """`key` of the values (a dict's keys in order, a set's members), which every model must share."""
     keys = set(map(key, values))
     if len(keys) != 1:
         raise _Mismatch
@@ -135,22 +118,38 @@ def _emit(columns: dict[str, list[torch.Tensor]], name: str, column: list) -> No
         columns[name] = column
 
 
-def _plain_tensors(columns: dict[str, list[torch.Tensor]], layout: Layout) -> bool:
-    """The layout's dtypes, tied exactly where the layout ties, no other storage shared."""
-    pointers = []
-    for spec in layout.tensors:
-        column = columns[spec.name]
-        if set(map(_DTYPE, column)) != {torch_dtype(spec.dtype)}:
-            return False
-        target = layout.ties.get(spec.name)
-        if target is not None:
-            if not all(map(is_, column, columns[target])):
-                return False
-        elif spec.nbytes:
-            pointers.append(np.fromiter(map(torch.Tensor.data_ptr, column), dtype=np.uint64, count=len(column)))
-    if len(pointers) < 2:
-        return True
-    # Two names on one storage address in a model are a tie the layout does not know (or worse).
-    ordered = np.sort(np.stack(pointers), axis=0)
-    return not (ordered[1:] == ordered[:-1]).any()
+def _tied_as_laid_out(columns: dict[str, list[torch.Tensor]], layout: Layout) -> bool:
+    """Every model holds the very object of the tie's target under each tied name."""
+    return all(all(map(is_, columns[alias], columns[target])) for alias, target in layout.ties.items())
 
+
+def _copy(column: list[torch.Tensor], spec: TensorSpec, data: np.ndarray, staging: np.ndarray,
+          addresses: np.ndarray) -> None:
+    """One tensor of every model into its column block, checking dtypes and noting storage addresses.
+
+    A cache-sized chunk of models at a time is stacked into a contiguous buffer (torch's memcpy
+    path) and copied into the block: stacking into the strided block directly costs a general copy
+    per tensor, about twice as long. The checks run on the chunk while its tensors are in the cache.
+    """
+    dtype = torch_dtype(spec.dtype)
+    chunk = max(1, _STAGING_NBYTES // max(1, spec.nbytes))
+    for start in range(0, len(column), chunk):
+        part = column[start : start + chunk]
+        # torch.stack demands one shape within the chunk, but would cast other dtypes and reshape `out`.
+        if set(map(_DTYPE, part)) != {dtype} or part[0].shape != spec.shape:
+            raise _Mismatch
+        if spec.nbytes == 0:
+            # No bytes to copy; stacking still checks the shapes.
+            torch.stack(part, out=torch.empty((len(part), *spec.shape), dtype=dtype))
+            continue
+        addresses[start : start + len(part)] = np.fromiter(map(_ADDRESS, part), dtype=np.uint64, count=len(part))
+        raw = staging[: len(part) * spec.nbytes]
+        torch.stack(part, out=torch.from_numpy(raw).view(dtype).view(len(part), *spec.shape))
+        data[start : start + len(part), spec.offset : spec.offset + spec.nbytes] = raw.reshape(len(part), spec.nbytes)
+
+
+def _unshared(addresses: np.ndarray) -> bool:
+    """No two names of one model start at one storage address (a tie the layout does not record)."""
+    used = addresses[addresses.any(axis=1)]  # zero-size tensors hold no storage
+    ordered = np.sort(used, axis=0)
+    return not (ordered[1:] == ordered[:-1]).any()

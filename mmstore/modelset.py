@@ -52,7 +52,7 @@ class ModelSet:
 
     @classmethod
     def from_modules(cls, modules: Sequence[torch.nn.Module], arch: ArchSpec | str | None = None) -> "ModelSet":
-        """Collect the state of `modules` (one architecture) into a set, byte for byte as their state dicts hold it."""
+        """Collect the state of `modules` (one architecture) into a set, bit for bit as their state dicts hold it."""
         if not modules:
             raise ArchitectureError("a model set needs at least one model")
         if arch is None:
@@ -77,7 +77,7 @@ class ModelSet:
         views = _tensor_views(torch.from_numpy(data), layout)
         for spec in layout.tensors:
             if spec.name not in layout.ties:  # a tied group's bytes are written once
-                views[spec.name].copy_(torch.stack([sd[spec.name].detach().cpu() for sd in state_dicts]))
+                views[spec.name].copy_(_stacked(state_dicts, spec.name))
         return cls(arch, layout, data)
 
     @classmethod
@@ -186,6 +186,16 @@ def _aligned_copies(data: np.ndarray, layout: Layout) -> dict[str, torch.Tensor]
         buffer[:, : spec.nbytes].copy_(source[:, spec.offset : spec.offset + spec.nbytes])
         copies[spec.name] = _typed(buffer[:, : spec.nbytes], spec)
     return copies
+
+
+def _stacked(state_dicts: Sequence[dict[str, torch.Tensor]], name: str) -> torch.Tensor:
+    """The tensor `name` of every state dict, stacked in memory."""
+    try:
+        return torch.stack([sd[name].detach().cpu() for sd in state_dicts])
+    except RuntimeError as exc:  # NotImplementedError included: meta tensors hold no data
+        raise ArchitectureError(
+            f"tensor {name!r} cannot be copied into memory ({str(exc)[:200]}); load the models' weights first"
+        ) from None
 
 
 def _named(factory: str) -> ArchSpec:
