@@ -14,7 +14,10 @@ from safetensors.torch import load_file, save_file
 from mmstore import Store
 from workloads.models import FFNN48
 
-from .common import dir_bytes, fsync_file, median_time, random_fleet, scratch_dir, write_results
+from .common import (
+    built_modules, dir_bytes, fsync_file, median_time, print_saves_from_modules, random_fleet, saves_from_modules,
+    scratch_dir, write_results,
+)
 
 
 def raw_numpy(fleet, root) -> tuple[float, float]:
@@ -76,12 +79,14 @@ def main() -> None:
         raw_save, raw_load = raw_numpy(fleet, root)
         ours = mmstore_baseline(fleet, root)
         files = per_model_files(fleet, root, args.models)
+        from_modules = saves_from_modules(built_modules(args.models, FFNN48), root)
     result = {
         "models": args.models, "raw_bytes": fleet.nbytes,
         "numpy": {"save_s": raw_save, "recover_s": raw_load},
-        "mmstore_baseline": ours, "one_file_per_model": files,
+        "mmstore_baseline": ours, "one_file_per_model": files, "save_from_modules": from_modules,
         "ratios": {"save_vs_numpy": ours["save_s"] / raw_save, "recover_vs_numpy": ours["recover_s"] / raw_load,
-                   "overhead_bytes": ours["bytes_on_disk"] - fleet.nbytes},
+                   "overhead_bytes": ours["bytes_on_disk"] - fleet.nbytes,
+                   "save_from_modules_vs_naive": from_modules["from_modules_vs_naive"]},
     }
     path = write_results("baseline", result)
     print(f"{args.models} FFNN-48 models, {fleet.nbytes:,} raw bytes (median of 5; results in {path})")
@@ -92,6 +97,7 @@ def main() -> None:
     print(f"  bytes on disk      {ours['bytes_on_disk']:,} (+{result['ratios']['overhead_bytes']:,} over raw)")
     print(f"  one file per model save {files['save_s']:.3f} s   recover {files['recover_s']:.3f} s   "
           f"{files['bytes_on_disk']:,} bytes")
+    print_saves_from_modules(from_modules)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from workloads.fleet import Fleet, initial_fleet_params
 from workloads.models import FFNN48
 from workloads.training import TrainRecipe, train_stacked
 
-from .common import median_time, scratch_dir, write_results
+from .common import median_time, print_saves_from_modules, saves_from_modules, scratch_dir, write_results
 
 RECIPE = TrainRecipe(epochs=1, batch_size=60, learning_rate=1e-3)
 
@@ -87,6 +87,8 @@ def main() -> None:
         recover_snapshot = median_time(lambda: Store.open(url, settings).recover(first))
         recover_chain = median_time(lambda: Store.open(url, settings).recover(last))
         assert Store.open(url, settings).recover(last).equals(sets[-1])
+        # The last cycle again, as a training job holds it: modules, saved as an update of the cycle before.
+        from_modules = saves_from_modules(sets[-1].to_modules(), root, approach="update", base=sets[-2])
     cycles = rows[1:]
     result = {
         "models": args.models, "cycles": args.cycles, "per_cycle": rows,
@@ -96,12 +98,14 @@ def main() -> None:
         "save_ratio_median": float(np.median([r["save_update_s"] / r["save_snapshot_s"] for r in cycles])),
         "recover_snapshot_s": recover_snapshot, "recover_after_chain_s": recover_chain,
         "recover_ratio": recover_chain / recover_snapshot,
+        "save_from_modules": from_modules,
     }
     path = write_results("update", result)
     print(f"storage per cycle <= {result['max_cycle_bytes']:,} B; save update/snapshot median "
           f"{result['save_ratio_median']:.2f}x (max {result['save_ratio_max']:.2f}x)")
     print(f"recover snapshot {recover_snapshot:.3f} s, after {args.cycles} cycles {recover_chain:.3f} s "
           f"({result['recover_ratio']:.2f}x)")
+    print_saves_from_modules(from_modules)
     for codec, figures in result["codecs_cycle1"].items():
         print(f"  codec {codec:15s} {figures['bytes']:>11,} B  encode {figures['encode_s']:.3f} s")
     print(f"results in {path}")
