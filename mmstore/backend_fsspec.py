@@ -134,7 +134,7 @@ class FsspecBackend:
         aborted = 0
         with self._guard("", "list uploads"):
             for upload in self.fs.list_multipart_uploads(bucket):
-                if upload["Key"].startswith(prefix) and upload["Initiated"].timestamp() < older_than:
+                if upload["Key"].startswith(prefix.rstrip("/") + "/") and upload["Initiated"].timestamp() < older_than:
                     self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                     aborted += 1
         return aborted

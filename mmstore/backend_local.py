@@ -196,7 +196,8 @@ class LocalBackend:
                 return False
             except FileExistsError:
                 pass
-            os.unlink(source)
+            with contextlib.suppress(FileNotFoundError):  # another process finished the same move
+                os.unlink(source)
             self._fsync_dir(os.path.dirname(source))
             if os.path.dirname(source) != os.path.dirname(destination):
                 self._fsync_dir(os.path.dirname(destination))

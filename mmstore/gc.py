@@ -22,7 +22,8 @@ import uuid
 from dataclasses import dataclass, field
 
 from .blobs import blob_key
-from .errors import MMStoreError
+from .errors import MMStoreError, NotFoundError
+from .manifest import Manifest
 
 __all__ = ["GcReport", "collect", "referenced_blobs", "TRASH"]
 
@@ -31,6 +32,7 @@ _BLOB = re.compile(r"blobs/([0-9a-f]{2})/([0-9a-f]{62})")
 _TEMP = re.compile(r".+\.tmp-[0-9a-f]{32}")
 _TRASHED = re.compile(TRASH + r"/[0-9a-f]{32}-([0-9a-f]{64})")
 _SET_ASIDE = re.compile(TRASH + r"/[0-9a-f]{32}-set-([0-9a-f]{64})\.json")
+_SET_ASIDE_NAME = re.compile(r"[0-9a-f]{32}-set-([0-9a-f]{64})\.json")
 
 
 @dataclass
@@ -57,20 +59,35 @@ class GcReport:
 def referenced_blobs(store) -> set[str]:
     """Every blob id the store's manifests reference (architecture documents included).
 
+    Manifests a deletion moved aside count too, and `sets/` is listed before and after `trash/`:
+    a manifest moving between the two is seen in one of the three listings wherever it is.
     A manifest that cannot be read stops the collection: what it references is unknown.
     """
     ids: set[str] = set()
-    for set_id in store.documents.set_ids():
+    first = store.documents.set_ids()
+    aside = {found.group(1): name for name in store.backend.list(TRASH) if (found := _SET_ASIDE_NAME.fullmatch(name))}
+    for set_id in sorted(set(first) | set(store.documents.set_ids()) | set(aside)):
         try:
-            manifest = store.manifest(set_id)
+            manifest = _manifest(store, set_id, aside.get(set_id))
         except MMStoreError as exc:
             raise MMStoreError(
                 f"set {set_id[:12]} cannot be read ({exc}); nothing was collected. Restore or delete that "
                 "set (`mmstore verify` lists damaged sets), then collect again"
             ) from None
-        ids.add(manifest.arch.id)
-        ids.update(ref.id for ref in manifest.blobs.values())
+        if manifest is not None:
+            ids.add(manifest.arch.id)
+            ids.update(ref.id for ref in manifest.blobs.values())
     return ids
+
+
+def _manifest(store, set_id: str, aside: str | None):
+    """The manifest under `sets/`, or where a deletion moved it; None if it vanished meanwhile."""
+    for key in (f"sets/{set_id}.json", *([f"{TRASH}/{aside}"] if aside else [])):
+        try:
+            return store.manifest(set_id) if key.startswith("sets/") else Manifest.decode(set_id, store.backend.get(key))
+        except NotFoundError:
+            store.documents.forget_manifest(set_id)
+    return None
 
 
 def collect(store, grace: float, dry_run: bool = False, now: float | None = None) -> GcReport:
@@ -95,8 +112,10 @@ def collect(store, grace: float, dry_run: bool = False, now: float | None = None
             else:
                 report.young, report.young_bytes = report.young + 1, report.young_bytes + entry.size
     if dry_run:
-        report.blobs, report.blob_bytes = len(candidates), sum(e.size for e in candidates)
-        report.removed = [e.key for e in candidates]
+        # What an interrupted collection left in the trash and nobody references goes too.
+        doomed = candidates + [e for e in leftovers if (t := _TRASHED.fullmatch(e.key)) and t.group(1) not in live]
+        report.blobs, report.blob_bytes = len(doomed), sum(e.size for e in doomed)
+        report.removed = [e.key for e in doomed]
         return report
     _sweep(store, candidates, leftovers, report)
     report.uploads = store.backend.abort_uploads(cutoff)

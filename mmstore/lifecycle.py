@@ -52,6 +52,9 @@ class Lifecycle:
             if head == set_id:
                 self._retarget_lineage(name, set_id, manifest.base)
         self.backend.delete(aside)
+        # A collection may have taken this for an interrupted deletion and put the manifest back.
+        self.backend.delete(key)
+        self.documents.forget_manifest(set_id)
         return freed
 
     def _refuse_dependents(self, set_id: str) -> None:

@@ -448,8 +448,6 @@ def test_s3_unfinished_multipart_upload_is_aborted_by_gc_but_kept_within_grace(s
     assert_sets_recover(url, {kept: model_set(60).data}, s3_options)
 
 
-@pytest.mark.xfail(strict=True, reason="abort_uploads matches the store's prefix without a '/': gc of s3://b/store "
-                   "aborts the uploads of the neighbouring store s3://b/store-b")
 @pytest.mark.timeout(60)
 def test_s3_gc_leaves_the_uploads_of_a_neighbouring_store_alone(s3_options):
     import s3fs
@@ -516,8 +514,6 @@ class _Hooked:
         return call
 
 
-@pytest.mark.xfail(strict=True, reason="a manifest moved aside by a deletion between gc's scan and its first listing is "
-                   "in neither; gc deletes its blobs, and the set comes back (refused or killed deletion) without them")
 def test_deletion_refused_during_gc_keeps_its_blobs(tmp_path):
     url = str(tmp_path / "store")
     base_data = model_set(80)
@@ -560,8 +556,6 @@ def test_deletion_refused_during_gc_keeps_its_blobs(tmp_path):
     assert np.array_equal(reader.recover(outcome["derived"]).data, derived_data)
 
 
-@pytest.mark.xfail(strict=True, reason="unreferenced() ignores trash/ left by an interrupted gc (and counts a half-deleted "
-                   "set's blobs, which gc restores): it disagrees with what collect_garbage(grace=0) then frees")
 def test_unreferenced_reports_what_gc_frees_after_an_interrupted_gc(local_store):
     local_store.save(model_set(90), lineage="fleet")
     orphan = local_store.blobs.put(model_set(91).data)
