@@ -137,7 +137,7 @@ def _save_steps(store: Store, approach: str) -> int:
             return call
 
     probe = Store(Counting(), TEST_SETTINGS)
-    probe.save(model_set(99), approach=approach)
+    probe.save(model_set(99), approach=approach, lineage="probe")
     return counts
 
 
@@ -154,43 +154,51 @@ def test_gc_interleaved_with_saves_loses_nothing(tmp_path, backend_kind, request
     interleavings = 0
     for approach in ("baseline", "update"):
         steps = _save_steps(Store.open(url, TEST_SETTINGS, **options), approach)
-        for method in ("put", "exists", "size"):
-            for n in range(1, steps.get(method, 0) + 1):
-                data = model_set(1000 + interleavings)
-                # An earlier, killed save of the same data left its blobs behind, unreferenced.
-                Store.open(url, TEST_SETTINGS, **options).blobs.put(data.data)
-                collector = Store.open(url, TEST_SETTINGS, **options)
-                writer = Store(PausingBackend(collector.backend, method, n, lambda: collector.collect_garbage(grace=0)),
-                               TEST_SETTINGS)
-                set_id = writer.save(data, approach=approach, lineage="fleet")
-                assert Store.open(url, TEST_SETTINGS, **options).recover(set_id).equals(data)
-                interleavings += 1
+        for method, count in sorted(steps.items()):
+            for n in range(1, count + 1):
+                for leaked in (True, False):
+                    data = model_set(1000 + interleavings)
+                    if leaked:  # an earlier, killed save of the same data left its blobs behind, unreferenced
+                        Store.open(url, TEST_SETTINGS, **options).blobs.put(data.data)
+                    collector = Store.open(url, TEST_SETTINGS, **options)
+                    writer = Store(PausingBackend(collector.backend, method, n, lambda: collector.collect_garbage(grace=0)),
+                                   TEST_SETTINGS)
+                    set_id = writer.save(data, approach=approach, lineage=f"fleet-{approach}")
+                    assert Store.open(url, TEST_SETTINGS, **options).recover(set_id).equals(data)
+                    interleavings += 1
     recover_all(Store.open(url, TEST_SETTINGS, **options))
-    assert interleavings >= 10
+    assert interleavings >= 50
 
 
-def test_delete_interleaved_with_saves_loses_nothing(tmp_path):
-    """A deletion at every step of a save that reuses the deleted set's blobs: the saved set stays whole."""
-    url = str(tmp_path / "store")
+@pytest.mark.parametrize("backend_kind", ["local", "s3"])
+def test_delete_interleaved_with_saves_loses_nothing(tmp_path, backend_kind, request):
+    """A deletion and a collection at every step of a save that reuses the deleted set's blobs (or only its architecture)."""
+    if backend_kind == "local":
+        url, options = str(tmp_path / "store"), {}
+    else:
+        options = request.getfixturevalue("s3_options")
+        url = f"s3://{make_s3_bucket(options)}/store"
     interleavings = 0
-    steps = _save_steps(Store.open(url, TEST_SETTINGS), "baseline")
-    for method in ("put", "exists", "size"):
-        for n in range(1, steps.get(method, 0) + 1):
-            store = Store.open(url, TEST_SETTINGS)
-            data = model_set(2000 + interleavings)
-            doomed = store.save(data)  # same blobs as the set about to be saved
+    for approach in ("baseline", "update"):
+        steps = _save_steps(Store.open(url, TEST_SETTINGS, **options), approach)
+        for method, count in sorted(steps.items()):
+            for n in range(1, count + 1):
+                for shared in (True, False):
+                    store = Store.open(url, TEST_SETTINGS, **options)
+                    data = model_set(2000 + interleavings)
+                    doomed = store.save(data if shared else model_set(5000 + interleavings), approach=approach)
 
-            def delete_and_collect() -> None:
-                other = Store.open(url, TEST_SETTINGS)
-                other.delete(doomed)
-                other.collect_garbage(grace=0)
+                    def delete_and_collect() -> None:
+                        other = Store.open(url, TEST_SETTINGS, **options)
+                        other.delete(doomed)
+                        other.collect_garbage(grace=0)
 
-            writer = Store(PausingBackend(store.backend, method, n, delete_and_collect), TEST_SETTINGS)
-            set_id = writer.save(data, meta={"copy": True})
-            assert Store.open(url, TEST_SETTINGS).recover(set_id).equals(data)
-            interleavings += 1
-    recover_all(Store.open(url, TEST_SETTINGS))
-    assert interleavings >= 5
+                    writer = Store(PausingBackend(store.backend, method, n, delete_and_collect), TEST_SETTINGS)
+                    set_id = writer.save(data, approach=approach, meta={"copy": True}, lineage=f"keep-{approach}")
+                    assert Store.open(url, TEST_SETTINGS, **options).recover(set_id).equals(data)
+                    interleavings += 1
+    recover_all(Store.open(url, TEST_SETTINGS, **options))
+    assert interleavings >= 50
 
 
 def test_a_set_derived_while_its_base_is_deleted_keeps_its_base(tmp_path):
