@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python -m bench.baseline
 	$(VENV)/bin/python -m bench.update
 	$(VENV)/bin/python -m bench.provenance
+	$(VENV)/bin/python -m bench.provenance_small
 
 evaluation: $(STAMP)
 	$(VENV)/bin/python -m bench.evaluation --models 5000 --repeats 5

@@ -1,11 +1,18 @@
-"""Replay executors for this machine: worker processes, in parallel over models, each single-threaded."""
+"""Replay executors for this machine: worker processes, in parallel over models, each single-threaded.
+
+Starting workers costs seconds (the fork server, then each worker importing the trainer), so work
+too small to repay that is trained in the calling process instead, with the workers' settings.
+"""
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -21,6 +28,11 @@ __all__ = ["LocalExecutor", "shutdown"]
 
 # Several batches per worker even out full and partial retrains, which differ ~4x in cost.
 _BATCHES_PER_WORKER = 8
+# Seconds from no workers to workers training (fork server, then each worker's imports and first
+# optimiser step): 1.5-4 s on the reference machine. Work that parallelism would shorten by less runs here.
+_POOL_START_S = 2.0
+# What a fresh worker process runs with: one thread per op, float32 by default, no deterministic-only mode.
+_WORKER_SETTINGS = (1, torch.float32, False, False)
 
 
 def _single_threaded() -> None:
@@ -61,7 +73,11 @@ def _batches(jobs: Sequence[ReplayJob], count: int) -> list[list[ReplayJob]]:
 
 
 class LocalExecutor:
-    """Replays in `workers` processes (default: one per core) after checking this environment."""
+    """Replays in `workers` processes (default: one per core) after checking this environment.
+
+    While no workers run yet, jobs are trained here as long as that is expected to finish sooner
+    than starting them: with one worker, always.
+    """
 
     def __init__(self, workers: int | None = None, force: bool = False):
         self.workers = workers or os.cpu_count() or 1
@@ -81,12 +97,84 @@ class LocalExecutor:
             )
 
     def replay(self, task: ReplayTask, jobs: Sequence[ReplayJob]) -> np.ndarray:
-        """Train the jobs in worker processes and return their rows in order."""
+        """The trained rows in order: from worker processes, unless starting them costs more than it saves."""
         if not jobs:
             return run_jobs(task, jobs)
+        if self.workers in _POOLS:
+            return self._in_workers(task, jobs)
+        here, rest = _here_while_cheaper(task, jobs, self.workers)
+        return np.concatenate([here, self._in_workers(task, rest)]) if rest else here
+
+    def _in_workers(self, task: ReplayTask, jobs: Sequence[ReplayJob]) -> np.ndarray:
         batches = _batches(jobs, self.workers * _BATCHES_PER_WORKER)
         try:
             return np.concatenate(list(_pool(self.workers).map(run_jobs, [task] * len(batches), batches)))
         except BrokenProcessPool as exc:
             _POOLS.pop(self.workers, None)
             raise MMStoreError(f"a replay worker process died ({exc}); free memory and recover again") from exc
+
+
+def _here_while_cheaper(task: ReplayTask, jobs: Sequence[ReplayJob], workers: int) -> tuple[np.ndarray, Sequence[ReplayJob]]:
+    """Train jobs here unless workers are expected to finish the rest sooner; the rows and the jobs left.
+
+    The first job also pays one-off costs (imports, torch's first optimiser step) that each worker
+    would pay as well, so the second one is timed to estimate the rest.
+    """
+    rows = [_here(task, jobs[:1])]
+    start = time.perf_counter()
+    rows.append(_here(task, jobs[1:2]))
+    per_job = time.perf_counter() - start
+    rest = jobs[2:]
+    if rest and not _workers_pay(per_job, len(rest), workers):
+        # Fewer jobs would repay the start even less: the rest is trained here too.
+        rows.append(_here(task, rest))
+        rest = []
+    return np.concatenate(rows), rest
+
+
+def _here(task: ReplayTask, jobs: Sequence[ReplayJob]) -> np.ndarray:
+    with _as_in_a_worker():
+        return run_jobs(task, jobs)
+
+
+def _workers_pay(seconds_per_job: float, remaining: int, workers: int) -> bool:
+    """True when starting `workers` processes and training there beats training `remaining` jobs here."""
+    return _POOL_START_S + seconds_per_job * math.ceil(remaining / workers) < seconds_per_job * remaining
+
+
+class _Here:
+    """Torch's process-wide settings are changed once for all replays training here at a time, then restored."""
+
+    lock = threading.Lock()
+    active = 0
+    saved: tuple = ()
+
+
+@contextmanager
+def _as_in_a_worker() -> Iterator[None]:
+    """A fresh worker's settings while the block trains; the caller's settings and random state after it."""
+    with _Here.lock:
+        if not _Here.active:
+            _Here.saved = _settings()
+            _apply(_WORKER_SETTINGS)
+        _Here.active += 1
+    try:
+        with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
+            yield
+    finally:
+        with _Here.lock:
+            _Here.active -= 1
+            if not _Here.active:
+                _apply(_Here.saved)
+
+
+def _settings() -> tuple:
+    return (torch.get_num_threads(), torch.get_default_dtype(), torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled())
+
+
+def _apply(settings: tuple) -> None:
+    threads, dtype, deterministic, warn_only = settings
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)

@@ -1,11 +1,14 @@
-"""The local replay executor: environment check by fingerprint, parallel replay identical to in-process."""
+"""The local replay executor: environment check by fingerprint, parallel replay identical to in-process,
+small replays trained here without starting workers."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from envs.executors import LocalExecutor
+from envs import executors
+from envs.executors import LocalExecutor, shutdown
 from envs.fingerprint import capture
 from mmstore import Settings
 from mmstore.errors import EnvironmentMismatchError
@@ -33,17 +36,70 @@ def test_force_skips_the_environment_check():
     LocalExecutor(force=True).check(_other_torch())
 
 
-def test_workers_replay_exactly_what_this_process_trains():
-    models = initial_set(6, seed=9)
+def _jobs(n: int, samples: int = 32) -> tuple[ReplayTask, list[ReplayJob], np.ndarray]:
+    models = initial_set(n, seed=9)
     rng = np.random.default_rng(9)
     jobs = [
-        ReplayJob(i, models.data[i], encode_arrays({"x": rng.standard_normal((32, 5), dtype=np.float32),
-                                                    "y": rng.standard_normal((32, 1), dtype=np.float32)}),
+        ReplayJob(i, models.data[i], encode_arrays({"x": rng.standard_normal((samples, 5), dtype=np.float32),
+                                                    "y": rng.standard_normal((samples, 1), dtype=np.float32)}),
                   RECIPES["full" if i % 2 else "partial"])
-        for i in range(6)
+        for i in range(n)
     ]
-    task = ReplayTask(models.arch, models.layout, TRAINER, Settings().allowed_prefixes())
+    return ReplayTask(models.arch, models.layout, TRAINER, Settings().allowed_prefixes()), jobs, models.data
+
+
+@pytest.fixture
+def no_workers():
+    """No worker pool before the test, none left after it."""
+    shutdown()
+    yield
+    shutdown()
+
+
+def test_workers_replay_exactly_what_this_process_trains(no_workers):
+    task, jobs, start = _jobs(6)
+    here = run_jobs(task, jobs)
+    assert np.array_equal(executors._pool(2).submit(run_jobs, task, jobs).result(), here)
+    assert not np.array_equal(here, start)
+    assert LocalExecutor(workers=2).replay(task, []).shape == (0, start.shape[1])
+
+
+def test_small_replays_train_here_without_starting_workers(no_workers):
+    task, jobs, _ = _jobs(5)
     here = run_jobs(task, jobs)
     assert np.array_equal(LocalExecutor(workers=2).replay(task, jobs), here)
-    assert not np.array_equal(here, models.data)
-    assert LocalExecutor(workers=2).replay(task, []).shape == (0, models.layout.row_nbytes)
+    assert executors._POOLS == {}
+
+
+def test_training_here_is_like_a_worker_and_leaves_the_callers_settings(no_workers):
+    task, jobs, _ = _jobs(3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    torch.manual_seed(123)
+    try:
+        with torch.no_grad():
+            rows = LocalExecutor(workers=2).replay(task, jobs)
+            assert not torch.is_grad_enabled()
+        assert torch.get_num_threads() == 2
+        # The trainer seeds torch; the caller's random stream goes on as if nothing had trained.
+        assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(123)))
+    finally:
+        torch.set_num_threads(threads)
+    assert executors._POOLS == {}
+    assert np.array_equal(rows, executors._pool(2).submit(run_jobs, task, jobs).result())
+
+
+def test_work_that_repays_the_start_goes_to_workers(no_workers, monkeypatch):
+    task, jobs, _ = _jobs(7)
+    here = run_jobs(task, jobs)
+    monkeypatch.setattr(executors, "_POOL_START_S", 0.0)
+    # Two jobs here (the first pays one-off costs, the second is measured), the other five in workers.
+    assert np.array_equal(LocalExecutor(workers=2).replay(task, jobs), here)
+    assert 2 in executors._POOLS
+    assert np.array_equal(LocalExecutor(workers=2).replay(task, jobs), here)  # with workers running, all go there
+
+
+def test_one_worker_never_starts_a_process(no_workers):
+    task, jobs, _ = _jobs(4)
+    assert np.array_equal(LocalExecutor(workers=1).replay(task, jobs), run_jobs(task, jobs))
+    assert executors._POOLS == {}
