@@ -25,10 +25,11 @@ from tests.archs import Small
 store = Store.open(sys.argv[1], Settings(trusted_modules=("tests",)))
 layout = Layout.of(Small().state_dict())
 rng = np.random.default_rng(int(sys.argv[2]))
+approach, rows = (sys.argv[3], int(sys.argv[4])) if len(sys.argv) > 3 else ("baseline", 40_000)
 print("ready", flush=True)
 while True:
-    data = rng.integers(0, 256, (40_000, layout.row_nbytes), dtype=np.uint8)
-    store.save(ModelSet(ArchSpec(factory="tests.archs:Small"), layout, data), lineage="fleet")
+    data = rng.integers(0, 256, (rows, layout.row_nbytes), dtype=np.uint8)
+    store.save(ModelSet(ArchSpec(factory="tests.archs:Small"), layout, data), approach=approach, lineage="fleet")
 """
 
 

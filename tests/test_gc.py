@@ -19,23 +19,12 @@ from mmstore.layout import Layout
 
 from .archs import Small
 from .conftest import TEST_SETTINGS, make_s3_bucket
+from .faults import HookedBackend, before
+from .test_crash import WRITER
 
 LAYOUT = Layout.of(Small().state_dict())
 ARCH = ArchSpec(factory="tests.archs:Small")
 
-WRITER = """
-import sys, numpy as np
-from mmstore import ArchSpec, ModelSet, Settings, Store
-from mmstore.layout import Layout
-from tests.archs import Small
-store = Store.open(sys.argv[1], Settings(trusted_modules=("tests",)))
-layout = Layout.of(Small().state_dict())
-rng = np.random.default_rng(int(sys.argv[2]))
-print("ready", flush=True)
-while True:
-    data = rng.integers(0, 256, (20_000, layout.row_nbytes), dtype=np.uint8)
-    store.save(ModelSet(ArchSpec(factory="tests.archs:Small"), layout, data), approach=sys.argv[3], lineage="fleet")
-"""
 
 
 def model_set(seed: int, n: int = 30) -> ModelSet:
@@ -63,7 +52,7 @@ def test_killed_saves_leak_nothing_after_gc(tmp_path, approach):
     store.save(model_set(0), approach=approach, lineage="fleet")
     rng = np.random.default_rng(7)
     for kill in range(20):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, url, str(kill), approach], stdout=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, url, str(kill), approach, "20000"], stdout=subprocess.PIPE,
                                 cwd=Path(__file__).parent.parent, text=True)
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(float(rng.uniform(0.0, 0.4)))
@@ -93,31 +82,6 @@ def test_grace_period_keeps_young_garbage_and_dry_run_removes_nothing(local_stor
     assert local_store.collect_garbage(grace=0).blob_bytes == orphan.size
     assert not local_store.blobs.exists(orphan.id)
     recover_all(local_store)
-
-
-class PausingBackend:
-    """A real backend that runs `hook` once, right before the n-th call of `method`.
-
-    A wrapper, because forcing two writers into one exact interleaving cannot be done reliably with
-    real concurrency; every operation still goes to the real backend.
-    """
-
-    def __init__(self, backend, method: str, n: int, hook):
-        self._backend, self._method, self._n, self._hook = backend, method, n, hook
-        self.url = backend.url
-
-    def __getattr__(self, name):
-        real = getattr(self._backend, name)
-        if name != self._method:
-            return real
-
-        def call(*args, **kwargs):
-            self._n -= 1
-            if self._n == 0:
-                self._hook()
-            return real(*args, **kwargs)
-
-        return call
 
 
 def _save_steps(store: Store, approach: str) -> int:
@@ -161,8 +125,8 @@ def test_gc_interleaved_with_saves_loses_nothing(tmp_path, backend_kind, request
                     if leaked:  # an earlier, killed save of the same data left its blobs behind, unreferenced
                         Store.open(url, TEST_SETTINGS, **options).blobs.put(data.data)
                     collector = Store.open(url, TEST_SETTINGS, **options)
-                    writer = Store(PausingBackend(collector.backend, method, n, lambda: collector.collect_garbage(grace=0)),
-                                   TEST_SETTINGS)
+                    collect = before(lambda: collector.collect_garbage(grace=0))
+                    writer = Store(HookedBackend(collector.backend, method, n, collect), TEST_SETTINGS)
                     set_id = writer.save(data, approach=approach, lineage=f"fleet-{approach}")
                     assert Store.open(url, TEST_SETTINGS, **options).recover(set_id).equals(data)
                     interleavings += 1
@@ -193,7 +157,7 @@ def test_delete_interleaved_with_saves_loses_nothing(tmp_path, backend_kind, req
                         other.delete(doomed)
                         other.collect_garbage(grace=0)
 
-                    writer = Store(PausingBackend(store.backend, method, n, delete_and_collect), TEST_SETTINGS)
+                    writer = Store(HookedBackend(store.backend, method, n, before(delete_and_collect)), TEST_SETTINGS)
                     set_id = writer.save(data, approach=approach, meta={"copy": True}, lineage=f"keep-{approach}")
                     assert Store.open(url, TEST_SETTINGS, **options).recover(set_id).equals(data)
                     interleavings += 1
@@ -214,10 +178,9 @@ def test_a_set_derived_while_its_base_is_deleted_keeps_its_base(tmp_path):
         derived["id"] = Store.open(url, TEST_SETTINGS).save(ModelSet(ARCH, LAYOUT, derived_data), approach="update",
                                                             base=base)
 
-    deleter = Store(PausingBackend(store.backend, "move", 1, save_derived), TEST_SETTINGS)
-    with pytest.raises(InUseError):
-        # The second dependents check happens after the move; the derived set is saved in between.
-        Store(PausingBackend(deleter.backend, "list", 4, lambda: None), TEST_SETTINGS).delete(base)
+    deleter = Store(HookedBackend(store.backend, "move", 1, before(save_derived)), TEST_SETTINGS)
+    with pytest.raises(InUseError):  # the derived set is saved between the move and the second check
+        deleter.delete(base)
     assert Store.open(url, TEST_SETTINGS).recover(derived["id"]).equals(ModelSet(ARCH, LAYOUT, derived_data))
 
 

@@ -27,6 +27,7 @@ from mmstore.layout import Layout
 
 from .archs import Small
 from .conftest import TEST_SETTINGS, make_s3_bucket
+from .faults import HookedBackend
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUT = Layout.of(Small().state_dict())
@@ -488,32 +489,6 @@ def test_s3_lineage_raced_by_four_processes_keeps_every_set_and_only_successful_
 # -- a deletion racing a collection; what `unreferenced` reports after an interrupted one -------------
 
 
-class _Hooked:
-    """A real backend whose `method` runs `hook(real, *args)` instead, once, on its n-th call.
-
-    A wrapper, because the interleaving of two writers these tests need cannot be forced with real
-    concurrency reliably; every operation still goes to the real backend.
-    """
-
-    def __init__(self, backend, method: str, n: int, hook):
-        self._backend, self._method, self._n, self._hook = backend, method, n, hook
-        self.url = backend.url
-
-    def __getattr__(self, name):
-        real = getattr(self._backend, name)
-        if name != self._method:
-            return real
-
-        def call(*args, **kwargs):
-            """The real call, or the hook on the n-th one."""
-            self._n -= 1
-            if self._n == 0:
-                return self._hook(real, *args, **kwargs)
-            return real(*args, **kwargs)
-
-        return call
-
-
 def test_deletion_refused_during_gc_keeps_its_blobs(tmp_path):
     url = str(tmp_path / "store")
     base_data = model_set(80)
@@ -534,7 +509,7 @@ def test_deletion_refused_during_gc_keeps_its_blobs(tmp_path):
     def delete() -> None:
         """Delete the base; the derived set makes the deletion refuse and put the manifest back."""
         try:
-            Store(_Hooked(Store.open(url, TEST_SETTINGS).backend, "move", 1, move_aside_and_pause), TEST_SETTINGS).delete(base)
+            Store(HookedBackend(Store.open(url, TEST_SETTINGS).backend, "move", 1, move_aside_and_pause), TEST_SETTINGS).delete(base)
         except InUseError:
             outcome["refused"] = True
 
@@ -546,7 +521,7 @@ def test_deletion_refused_during_gc_keeps_its_blobs(tmp_path):
         moved.wait(30)
         return real(*args, **kwargs)
 
-    collector = Store(_Hooked(Store.open(url, TEST_SETTINGS).backend, "list", 1, start_deletion), TEST_SETTINGS)
+    collector = Store(HookedBackend(Store.open(url, TEST_SETTINGS).backend, "list", 1, start_deletion), TEST_SETTINGS)
     collector.collect_garbage(grace=0)
     collected.set()
     deleter.join(30)
