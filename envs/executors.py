@@ -102,7 +102,7 @@ class LocalExecutor:
             return run_jobs(task, jobs)
         if self.workers in _POOLS:
             return self._in_workers(task, jobs)
-        here, rest = _here_while_cheaper(task, jobs, self.workers)
+        here, rest = _here_unless_workers_pay(task, jobs, self.workers)
         return np.concatenate([here, self._in_workers(task, rest)]) if rest else here
 
     def _in_workers(self, task: ReplayTask, jobs: Sequence[ReplayJob]) -> np.ndarray:
@@ -114,7 +114,7 @@ class LocalExecutor:
             raise MMStoreError(f"a replay worker process died ({exc}); free memory and recover again") from exc
 
 
-def _here_while_cheaper(task: ReplayTask, jobs: Sequence[ReplayJob], workers: int) -> tuple[np.ndarray, Sequence[ReplayJob]]:
+def _here_unless_workers_pay(task: ReplayTask, jobs: Sequence[ReplayJob], workers: int) -> tuple[np.ndarray, Sequence[ReplayJob]]:
     """Train jobs here unless workers are expected to finish the rest sooner; the rows and the jobs left.
 
     The first job also pays one-off costs (imports, torch's first optimiser step) that each worker

@@ -46,9 +46,9 @@ def test_walk_gives_the_general_paths_bytes(cls):
     assert fast.equals(reference) and fast.layout.ties == reference.layout.ties
 
 
-def test_chunks_smaller_than_a_model_column_copy_the_same(monkeypatch):
+def test_chunks_of_one_model_copy_the_same(monkeypatch):
     models = _random_models(AllDtypes, 9, seed=12)
-    monkeypatch.setattr(gather_module, "_STAGING_NBYTES", 24)  # several chunks per tensor, one model for some
+    monkeypatch.setattr(gather_module, "_STAGING_NBYTES", 24)  # one model per chunk
     taken, data = _gathered(models)
     assert taken and np.array_equal(data, _general(models).data)
 
