@@ -114,22 +114,22 @@ class LocalExecutor:
             raise MMStoreError(f"a replay worker process died ({exc}); free memory and recover again") from exc
 
 
-def _here_unless_workers_pay(task: ReplayTask, jobs: Sequence[ReplayJob], workers: int) -> tuple[np.ndarray, Sequence[ReplayJob]]:
+def _here_unless_workers_pay(task: ReplayTask, jobs: Sequence[ReplayJob],
+                             workers: int) -> tuple[np.ndarray, Sequence[ReplayJob]]:
     """Train jobs here unless workers are expected to finish the rest sooner; the rows and the jobs left.
 
-    The first job also pays one-off costs (imports, torch's first optimiser step) that each worker
-    would pay as well, so the second one is timed to estimate the rest.
+    A job is trained here and timed, and if workers would not pay at that cost the rest follows
+    here at once. The first job also pays one-off costs (imports, torch's first optimiser step)
+    that each worker would pay as well, so a second one gives a closer estimate before any start.
     """
-    rows = [_here(task, jobs[:1])]
-    start = time.perf_counter()
-    rows.append(_here(task, jobs[1:2]))
-    per_job = time.perf_counter() - start
-    rest = jobs[2:]
-    if rest and not _workers_pay(per_job, len(rest), workers):
-        # Fewer jobs would repay the start even less: the rest is trained here too.
-        rows.append(_here(task, rest))
-        rest = []
-    return np.concatenate(rows), rest
+    rows, done = [], 0
+    for _ in range(2):
+        start = time.perf_counter()
+        rows.append(_here(task, jobs[done : done + 1]))
+        done += 1
+        if not _workers_pay(time.perf_counter() - start, len(jobs) - done, workers):
+            return np.concatenate([*rows, _here(task, jobs[done:])]), []
+    return np.concatenate(rows), jobs[done:]
 
 
 def _here(task: ReplayTask, jobs: Sequence[ReplayJob]) -> np.ndarray:
