@@ -327,8 +327,14 @@ def test_kill_9_during_delete_leaves_each_deletion_complete_or_undone(spawner, t
         saved = build_fleet(store, iteration)
         # Newest first within each lineage: a set is deleted only once nothing derives from it.
         doomed = [info.id for name in ("upd", "base", "more") for info in store.log(name)]
+        sets_dir = tmp_path / f"store{iteration}" / "sets"
+        present = len(list(sets_dir.iterdir()))
         pid = spawner.spawn("delete", url=url, ids=doomed)
-        time.sleep(float(rng.uniform(0.0, 0.12)))
+        # Kill once the child is deleting (a busy machine may start it late), at a random point from there.
+        deadline = time.monotonic() + 20
+        while len(list(sets_dir.iterdir())) == present and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(float(rng.uniform(0.0, 0.03)))
         spawner.kill(pid)
         before = Store.open(url, TEST_SETTINGS)
         listed = {info.id for info in before.list()}
