@@ -59,8 +59,8 @@ def gather(modules: Sequence[nn.Module], layout: Layout, data: np.ndarray) -> bo
     except (_Mismatch, KeyError, AttributeError, TypeError):
         # A module without the standard attributes, or models that differ: the general path decides.
         return False
-    except (RuntimeError, NotImplementedError):
-        # Tensors on another device or of differing shapes, which torch.stack refuses.
+    except RuntimeError:
+        # Tensors on another device, without data (meta) or of differing shapes, which torch.stack refuses.
         return False
     return _unshared(addresses)
 
