@@ -115,9 +115,10 @@ def job_stall_before_commit(url: str, options: dict, seed: int, marker: str) -> 
     store.save(model_set(seed), lineage="fleet")
 
 
-def job_race(url: str, options: dict, worker: int, saves: int, out: str) -> None:
+def job_race(url: str, options: dict, worker: int, saves: int, out: str, start_at: float) -> None:
     """Save `saves` sets to lineage 'fleet', retrying on top of the new head after a conflict; log every attempt."""
     store = Store.open(url, TEST_SETTINGS, **options)
+    time.sleep(max(0.0, start_at - time.time()))  # every writer starts together, however late it was forked
     attempts = []
     for k in range(saves):
         data = model_set(10_000 + worker * 100 + k, n=8)
@@ -494,7 +495,8 @@ def test_s3_lineage_raced_by_four_processes_keeps_every_set_and_only_successful_
     url = f"s3://{make_s3_bucket(s3_options)}/store"
     Store.open(url, TEST_SETTINGS, **s3_options).save(model_set(70, n=8), lineage="fleet")
     outs = [tmp_path / f"worker{w}.json" for w in range(4)]
-    pids = [spawner.spawn("race", url=url, options=s3_options, worker=w, saves=5, out=str(out))
+    start_at = time.time() + 2
+    pids = [spawner.spawn("race", url=url, options=s3_options, worker=w, saves=5, out=str(out), start_at=start_at)
             for w, out in enumerate(outs)]
     assert [spawner.reap(pid) for pid in pids] == [0, 0, 0, 0]
     attempts = [a for out in outs for a in json.loads(out.read_text())]
