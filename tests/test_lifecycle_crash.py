@@ -377,6 +377,14 @@ def test_kill_9_during_delete_leaves_each_deletion_complete_or_undone(spawner, t
 # -- kill -9 during update and provenance saves ----------------------------------------------------
 
 
+def _kill_after_first_save(spawner, job: str, url: str, settings, delay: float, **kwargs) -> None:
+    """Start a saving child, wait until its first save moved the lineage, kill it `delay` seconds later."""
+    pid = spawner.spawn(job, url=url, **kwargs)
+    wait_for_move(Path(url) / "refs" / "fleet", Store.open(url, settings).resolve("fleet"))
+    time.sleep(float(delay))
+    spawner.kill(pid)
+
+
 @pytest.mark.timeout(60)
 def test_kill_9_during_update_saves_leaves_only_complete_sets(spawner, tmp_path):
     url = str(tmp_path / "store")
@@ -384,11 +392,7 @@ def test_kill_9_during_update_saves_leaves_only_complete_sets(spawner, tmp_path)
     store.save(ModelSet(ARCH, LAYOUT, delta_data(31, 0)), approach="update", lineage="fleet")
     rng = np.random.default_rng(31)
     for _ in range(8):
-        pid = spawner.spawn("update", url=url, seed=31)
-        # Kill at a random point of the saves that follow the first one (the child's start is not of interest).
-        wait_for_move(tmp_path / "store" / "refs" / "fleet", Store.open(url, TEST_SETTINGS).resolve("fleet"))
-        time.sleep(float(rng.uniform(0.0, 0.1)))
-        spawner.kill(pid)
+        _kill_after_first_save(spawner, "update", url, TEST_SETTINGS, rng.uniform(0.0, 0.1), seed=31)
         reader = Store.open(url, TEST_SETTINGS)
         reader.verify()
         for info in reader.list():
@@ -416,11 +420,8 @@ def test_kill_9_during_provenance_saves_leaves_only_complete_sets(spawner, tmp_p
     Store.open(url, PROVENANCE_SETTINGS).save(expected[0], approach="provenance", lineage="fleet")
     rng = np.random.default_rng(41)
     for _ in range(4):
-        pid = spawner.spawn("provenance", url=url, seed=41)
-        # The child's first training warms torch up (about a second): kill at a random point after it.
-        wait_for_move(tmp_path / "store" / "refs" / "fleet", Store.open(url, PROVENANCE_SETTINGS).resolve("fleet"))
-        time.sleep(float(rng.uniform(0.0, 0.06)))
-        spawner.kill(pid)
+        # The child's first save warms torch up (about a second): the kill comes after it.
+        _kill_after_first_save(spawner, "provenance", url, PROVENANCE_SETTINGS, rng.uniform(0.0, 0.06), seed=41)
         reader = Store.open(url, PROVENANCE_SETTINGS)
         for info in reader.list():
             depth = len(reader.log(info.id)) - 1
