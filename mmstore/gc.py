@@ -22,8 +22,8 @@ import uuid
 from dataclasses import dataclass, field
 
 from .blobs import blob_key
-from .errors import MMStoreError, NotFoundError
-from .manifest import Manifest
+from .errors import FormatError, MMStoreError, NotFoundError
+from .manifest import MAX_DOCUMENT_BYTES, Manifest
 
 __all__ = ["GcReport", "collect", "referenced_blobs", "TRASH"]
 
@@ -82,12 +82,19 @@ def referenced_blobs(store) -> set[str]:
 
 def _manifest(store, set_id: str, aside: str | None):
     """The manifest under `sets/`, or where a deletion moved it; None if it vanished meanwhile."""
-    for key in (f"sets/{set_id}.json", *([f"{TRASH}/{aside}"] if aside else [])):
-        try:
-            return store.manifest(set_id) if key.startswith("sets/") else Manifest.decode(set_id, store.backend.get(key))
-        except NotFoundError:
-            store.documents.forget_manifest(set_id)
-    return None
+    try:
+        return store.manifest(set_id)
+    except NotFoundError:
+        store.documents.forget_manifest(set_id)
+    if aside is None:
+        return None
+    key = f"{TRASH}/{aside}"
+    try:
+        if store.backend.size(key) > MAX_DOCUMENT_BYTES:  # bounded like any manifest before it is read
+            raise FormatError(f"{key} is larger than any manifest; the store was forged or damaged")
+        return Manifest.decode(set_id, store.backend.get(key))
+    except NotFoundError:
+        return None
 
 
 def collect(store, grace: float, dry_run: bool = False, now: float | None = None) -> GcReport:
@@ -127,7 +134,7 @@ def _sweep(store, candidates, leftovers, report: GcReport) -> None:
     run = uuid.uuid4().hex
     trashed = []
     for entry in candidates:
-        blob_id = entry.key[6:8] + entry.key[9:]
+        blob_id = "".join(_BLOB.fullmatch(entry.key).groups())
         if store.backend.move(entry.key, f"{TRASH}/{run}-{blob_id}"):
             trashed.append((f"{TRASH}/{run}-{blob_id}", blob_id, entry.size))
     for entry in leftovers:

@@ -14,7 +14,7 @@ import pytest
 
 from mmstore import ArchSpec, ModelSet, Store
 from mmstore.cli import main
-from mmstore.errors import InUseError
+from mmstore.errors import InUseError, MMStoreError
 from mmstore.layout import Layout
 
 from .archs import Small
@@ -247,3 +247,10 @@ def test_sizes_agrees_with_size_on_branching_chains(local_store):
     sizes = local_store.sizes()
     assert sizes == {info.id: local_store.size(info.id) for info in local_store.list()}
     assert len(sizes) == 4
+
+
+def test_an_oversized_manifest_in_the_trash_is_refused_unread(local_store):
+    local_store.save(model_set(9))
+    local_store.backend.put(f"trash/{'b' * 32}-set-{'c' * 64}.json", b" " * (5 << 20), exclusive=True)
+    with pytest.raises(MMStoreError, match="larger than any manifest"):
+        local_store.collect_garbage(grace=0)
