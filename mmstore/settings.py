@@ -49,6 +49,13 @@ class Settings(BaseSettings):
         "datasets may be read from; empty: only the store URL + '-datasets'.",
     )
     max_dataset_bytes: int = Field(1 << 30, ge=0, description="Provenance approach: the largest dataset a record may name.")
+    storage_price_gb_month: float = Field(0.023, ge=0, description="Cost model: price of storing one GB for a month.")
+    upload_price_gb: float = Field(0.09, ge=0, description="Cost model: price of receiving one GB from a device.")
+    retention_months: float = Field(12.0, ge=0, description="Cost model: months a version is kept.")
+    max_recover_seconds: float = Field(30.0, gt=0, description="Cost model: recover any version within this many seconds.")
+    read_bytes_per_second: float = Field(2e8, gt=0, description="Cost model: measured read and check throughput.")
+    delta_step_seconds: float = Field(0.01, ge=0, description="Cost model: fixed seconds of applying one delta.")
+    replay_seconds_per_model: float = Field(0.18, ge=0, description="Cost model: seconds one model's replay takes.")
     replay_images: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Docker replay: the registry/repository names (comma separated) whose images may replay a set; "
         "empty: none.",

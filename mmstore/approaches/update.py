@@ -26,7 +26,7 @@ from ..modelset import ModelSet
 from .base import Encoded, RecoveryContext, StoreAccess
 from .baseline import check_params, read_snapshot, write_snapshot
 
-__all__ = ["Update", "UpdateSnapshot", "UpdateDelta"]
+__all__ = ["Update", "UpdateSnapshot", "UpdateDelta", "UpdateSlice"]
 
 _MAX_DEPTH = 1 << 20
 
@@ -69,7 +69,23 @@ class UpdateDelta(ApproachDocument):
             raise FormatError("an update delta's segments do not add up to its values; the store was forged or damaged")
 
 
-UpdateDocument = TypeAdapter(Annotated[Union[UpdateSnapshot, UpdateDelta], Field(discriminator="kind")])
+class UpdateSlice(ApproachDocument):
+    """Consecutive models of a larger set (the base), stored as nothing but where they start there.
+
+    A device's lineage starts as a slice of the centrally deployed fleet set, so the store holds the
+    deployed parameters once and each device only its own changes.
+    """
+
+    kind: Literal["slice"] = "slice"
+    depth: Literal[0] = 0
+    start: int = Field(ge=0, le=1 << 40)
+    content: Hex64
+
+    def check(self, n_models: int, layout: Layout) -> None:
+        """Nothing to check without the base: `slice_rows` checks the range and the content."""
+
+
+UpdateDocument = TypeAdapter(Annotated[Union[UpdateSnapshot, UpdateDelta, UpdateSlice], Field(discriminator="kind")])
 
 
 def _kind(manifest: Manifest) -> str:
@@ -83,7 +99,9 @@ class Update:
     document: ClassVar[Any] = UpdateDocument
 
     def save(self, model_set: ModelSet, base: Manifest | None, store: StoreAccess, **options: Any) -> Encoded:
-        """A delta against `base` when the policy allows, else a snapshot."""
+        """A delta against `base` when the policy allows, else a snapshot; `slice_start=` a slice of `base`."""
+        if "slice_start" in options:
+            return self._slice(model_set, base, int(options["slice_start"]), store)
         if base is None or _kind(base) == "foreign" or base.data.depth + 1 > store.settings.max_chain_depth:
             return self._snapshot(model_set, tensor_digests(model_set.data, model_set.layout), store)
         # BLAKE3 of the content runs on other threads while this one computes the digest table.
@@ -93,6 +111,14 @@ class Update:
         if delta.nbytes > store.settings.max_delta_fraction * model_set.nbytes:
             return self._snapshot(model_set, digests, store)
         return self._delta(model_set, delta, base, content.result(), store)
+
+    def _slice(self, model_set: ModelSet, base: Manifest | None, start: int, store: StoreAccess) -> Encoded:
+        if base is None:
+            raise FormatError("a slice needs the set it is cut from as its base")
+        content = digest_bytes(model_set.data)
+        document = UpdateSlice(start=start, content=content)
+        slice_rows(base, document, len(model_set), model_set.layout, store)
+        return Encoded(document)
 
     def _snapshot(self, model_set: ModelSet, digests: np.ndarray, store: StoreAccess) -> Encoded:
         params = write_snapshot(model_set, store)
@@ -118,7 +144,10 @@ class Update:
     def _digest_table(self, manifest: Manifest, layout: Layout, store: StoreAccess) -> np.ndarray:
         chain, snapshot = _chain(manifest, store)
         shape = (snapshot.n_models, len(layout.tensors), DIGEST_SIZE)
-        table = store.blobs.get(snapshot.data.digests).reshape(shape).copy()
+        if _kind(snapshot) == "slice":
+            table = tensor_digests(_start_rows(snapshot, store, None), layout).copy()
+        else:
+            table = store.blobs.get(snapshot.data.digests).reshape(shape).copy()
         for delta in reversed(chain):
             if delta.data.changes is not None:
                 mask, digests = _read_changes(delta, shape, store)
@@ -173,7 +202,7 @@ def _chain(manifest: Manifest, store: StoreAccess, stop_at_cached: bool = False)
             raise FormatError(f"the chain of set {manifest.id[:12]} is longer than any valid chain; the store was forged")
         chain.append(current)
         current = store.base_of(current)
-    if chain and _kind(current) != "snapshot" and store.cached_rows(current.id) is None:
+    if chain and _kind(current) not in ("snapshot", "slice") and store.cached_rows(current.id) is None:
         # A save over a set of another approach writes a snapshot, so a delta's base is always an update set.
         raise FormatError(f"set {chain[-1].id[:12]} is a delta over a {current.approach} set; the store was forged or damaged")
     return chain, current
@@ -183,7 +212,24 @@ def _start_rows(start: Manifest, store: StoreAccess, wanted: np.ndarray | None) 
     cached = store.cached_rows(start.id)
     if cached is not None:
         return cached.copy() if wanted is None else cached[wanted]
+    if _kind(start) == "slice":
+        layout = store.arch_document(start).layout
+        return slice_rows(store.manifest(start.base or ""), start.data, start.n_models, layout, store, wanted)
     return read_snapshot(start.data.params, start.n_models, store, wanted)
+
+
+def slice_rows(base: Manifest, document: UpdateSlice, n_models: int, layout: Layout, store: StoreAccess,
+               wanted: np.ndarray | None = None) -> np.ndarray:
+    """The rows a slice names, read from its base (only `wanted` of them if given), checked against the slice."""
+    if store.arch_document(base).layout != layout or document.start + n_models > base.n_models:
+        raise FormatError(f"a slice of set {base.id[:12]} does not fit it (other layout, or past its "
+                          f"{base.n_models} models); the store was forged or damaged")
+    picked = np.arange(n_models) if wanted is None else wanted
+    rows = store.recover_rows(base.id, RecoveryContext(models=(document.start + picked).tolist()))
+    if wanted is None and digest_bytes(rows) != document.content:
+        raise IntegrityError(f"the models of set {base.id[:12]} from {document.start} on are not the slice's content; "
+                             "save the slice again from the models the device holds")
+    return rows
 
 
 def _read_changes(delta: Manifest, shape: tuple[int, int, int], store: StoreAccess) -> tuple[np.ndarray, np.ndarray]:

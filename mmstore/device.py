@@ -1,0 +1,113 @@
+"""The device side of a fleet: deploy one lineage per device, pull its models, push what changed.
+
+A device needs only mmstore and torch: it reads its lineage from the store (a partial read of the
+deployed fleet set at first), retrains on its own data, and writes one bundle into its inbox
+prefix. What the bundle carries is the cost model's choice between the changed tensors and every
+tensor; the central ingest (`mmstore.ingest`) makes it a version of the device's lineage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from .backend import Backend
+from .bundle import BUNDLE_SUFFIX, BundleHeader, encode_bundle
+from .costmodel import Choice, Option, choose, delta_seconds, snapshot_seconds
+from .digest import digest_bytes
+from .errors import MMStoreError
+from .modelset import ModelSet
+from .store import Store
+
+__all__ = ["deploy", "Device", "Push", "pending_key", "DELTA_CODEC", "FULL_CODEC"]
+
+DELTA_CODEC = "xor-group-zstd"
+FULL_CODEC = "group-zstd"
+
+
+def pending_key(device: str, digest: str) -> str:
+    """Where a device's bundle waits in the inbox."""
+    return f"pending/{device}/{digest}{BUNDLE_SUFFIX}"
+
+
+def deploy(store: Store, fleet_set: str, devices: Sequence[str], models_per_device: int, device_time: str | None = None) -> dict[str, str]:
+    """Start one lineage per device, each a slice of `fleet_set` (device i holds its models i*m ... i*m+m-1)."""
+    fleet_id = store.resolve(fleet_set)
+    fleet = store.recover(fleet_id)
+    if len(devices) * models_per_device > len(fleet):
+        raise MMStoreError(f"{len(devices)} devices of {models_per_device} models need {len(devices) * models_per_device} "
+                           f"models; set {fleet_id[:12]} has {len(fleet)}")
+    when = device_time or datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    heads = {}
+    for i, name in enumerate(devices):
+        start = i * models_per_device
+        part = fleet.select(range(start, start + models_per_device))
+        heads[name] = store.save(part, "update", base=fleet_id, lineage=name, slice_start=start,
+                                 meta={"device_time": when, "fleet": fleet_id, "first_model": start})
+    return heads
+
+
+@dataclass(frozen=True)
+class Push:
+    """What one push sent: the inbox key, the bundle's bytes, the bytes of sending every tensor, the choice."""
+
+    key: str
+    kind: str
+    nbytes: int
+    full_nbytes: int
+    choice: Choice
+
+
+class Device:
+    """One device: its lineage in the store (read only) and its inbox (write only)."""
+
+    def __init__(self, name: str, store: Store, inbox: Backend):
+        self.name, self.store, self.inbox = name, store, inbox
+        self.base: ModelSet | None = None
+        self.base_set: str | None = None
+        self.depth = 0
+
+    def pull(self) -> ModelSet:
+        """The newest version the store holds for this device; it becomes the base of the next push."""
+        self.base_set = self.store.resolve(self.name)
+        self.base = self.store.recover(self.base_set)
+        self.depth = 0
+        return self.base
+
+    def push(self, models: ModelSet, device_time: str | None = None, kind: str = "auto") -> Push:
+        """Send `models` (retrained from the base) as one bundle; it becomes the base of the next push."""
+        if self.base is None:
+            raise MMStoreError(f"device {self.name} has no base models; pull before pushing")
+        if models.layout != self.base.layout or len(models) != len(self.base):
+            raise MMStoreError(f"the models pushed for {self.name} do not have the shape of the models pulled; "
+                               "push retrained versions of the pulled models")
+        when = datetime.fromisoformat(device_time) if device_time else datetime.now(timezone.utc)
+        header = BundleHeader(device=self.name, kind="delta", base_set=self.base_set, base_content=digest_bytes(self.base.data),
+                              content=digest_bytes(models.data), arch=self._arch_id(), n_models=len(models),
+                              row_nbytes=models.layout.row_nbytes, device_time=when, codec=DELTA_CODEC)
+        encoded = {
+            "delta": encode_bundle(header, models.data, self.base.data, models.layout),
+            "full": encode_bundle(header.model_copy(update={"kind": "full", "codec": FULL_CODEC}), models.data, self.base.data, models.layout),
+        }
+        choice = self.explain(encoded)
+        chosen = choice.chosen if kind == "auto" else kind
+        if chosen not in encoded:
+            raise MMStoreError(f"unknown bundle kind {kind!r}; choose auto, delta or full")
+        data = encoded[chosen]
+        key = pending_key(self.name, digest_bytes(data))
+        self.inbox.put(key, data, exclusive=True)  # atomic: an interrupted upload leaves no object under this name
+        self.base, self.base_set = models, None
+        self.depth = 0 if chosen == "full" else self.depth + 1
+        return Push(key, chosen, len(data), len(encoded["full"]), choice)
+
+    def explain(self, encoded: dict[str, bytes]) -> Choice:
+        """The cost model's view of sending the changed tensors or every tensor."""
+        settings, full, delta = self.store.settings, len(encoded["full"]), len(encoded["delta"])
+        return choose([
+            Option("delta", delta, delta, delta_seconds(full, delta, self.depth + 1, settings)),
+            Option("full", full, full, snapshot_seconds(full, settings)),
+        ], settings)
+
+    def _arch_id(self) -> str:
+        return self.store.manifest(self.store.resolve(self.name)).arch.id

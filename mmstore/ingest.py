@@ -1,0 +1,209 @@
+"""Ingest: turn the bundles devices left in the inbox into versions of their lineages.
+
+The inbox is untrusted input. A bundle is read only below `pending/<device>/`, bounded by what the
+device's models can need, checked against the digest it is named by and against the lineage's
+architecture, and decoded only against models the store holds for that device. Each device's
+bundles are applied in the order their bases chain, each commit moves the lineage with
+compare-and-swap, and a bundle delivered again changes nothing. What cannot be applied is moved to
+`quarantine/<device>/` with a readable reason beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Literal
+
+import numpy as np
+
+from .backend import Backend
+from .bundle import BUNDLE_SUFFIX, Bundle, apply_bundle, bundle_time, change_mask, parse_bundle
+from .errors import ConflictError, MMStoreError
+from .manifest import LINEAGE_PATTERN, Manifest
+from .modelset import ModelSet
+from .store import Store
+
+__all__ = ["Outcome", "pending", "ingest", "ingest_device", "quarantine_key", "RECENT_VERSIONS"]
+
+_PENDING = re.compile(r"pending/(?P<device>[^/]+)/(?P<digest>[0-9a-f]{64})" + re.escape(BUNDLE_SUFFIX))
+_DEVICE = re.compile(LINEAGE_PATTERN)
+# How far back a stale or repeated bundle is looked for: a device is at most this many versions behind.
+RECENT_VERSIONS = 64
+_HEADER_ALLOWANCE = 1 << 20
+
+Status = Literal["committed", "duplicate", "deferred", "quarantined"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one bundle."""
+
+    key: str
+    device: str
+    status: Status
+    set_id: str | None = None
+    reason: str = ""
+    nbytes: int = 0
+
+
+@dataclass
+class _Lineage:
+    """A device's lineage while its bundles are applied: the head, its rows, its recent versions."""
+
+    name: str
+    head: Manifest
+    rows: np.ndarray
+    recent: list[Manifest] = field(default_factory=list)
+
+
+def quarantine_key(device: str, digest: str) -> str:
+    """Where a rejected bundle is kept (its reason beside it, as `.json`)."""
+    return f"quarantine/{device}/{digest}{BUNDLE_SUFFIX}"
+
+
+def pending(inbox: Backend) -> dict[str, list[str]]:
+    """The bundles waiting in the inbox, by device; other names (unfinished uploads) are not bundles."""
+    found: dict[str, list[str]] = {}
+    for entry in inbox.scan("pending"):
+        match = _PENDING.fullmatch(entry.key)
+        if match and _DEVICE.fullmatch(match["device"]):
+            found.setdefault(match["device"], []).append(entry.key)
+    return {device: sorted(keys) for device, keys in sorted(found.items())}
+
+
+def ingest(store: Store, inbox: Backend, devices: dict[str, list[str]]) -> list[Outcome]:
+    """Ingest the given bundles, device after device."""
+    return [outcome for device, keys in devices.items() for outcome in ingest_device(store, inbox, device, keys)]
+
+
+def ingest_device(store: Store, inbox: Backend, device: str, keys: Iterable[str]) -> list[Outcome]:
+    """Apply one device's bundles to its lineage in the order their bases chain."""
+    keys = list(keys)
+    try:
+        lineage = _open_lineage(store, device)
+    except MMStoreError as exc:
+        return [_quarantine(inbox, device, key, f"device {device!r} has no usable lineage in the store ({exc})") for key in keys]
+    outcomes, waiting = [], []
+    for key in keys:
+        try:
+            waiting.append(_read(store, inbox, lineage, key))
+        except MMStoreError as exc:
+            outcomes.append(_quarantine(inbox, device, key, str(exc)))
+    waiting.sort(key=lambda b: (b.header.device_time, b.digest))
+    while waiting:
+        bundle = next((b for b in waiting if b.header.base_content == _content(lineage.head)), None)
+        if bundle is None:
+            bundle = waiting[0]
+        waiting.remove(bundle)
+        outcomes.append(_apply(store, inbox, lineage, bundle, waiting))
+    return outcomes
+
+
+def _open_lineage(store: Store, device: str) -> _Lineage:
+    head_id = store.documents.ref(device)
+    if head_id is None:
+        raise MMStoreError("no lineage of that name; deploy the fleet to it first")
+    return _Lineage(device, store.manifest(head_id), store.recover_rows(head_id))
+
+
+def _read(store: Store, inbox: Backend, lineage: _Lineage, key: str) -> Bundle:
+    match = _PENDING.fullmatch(key)
+    layout = store.arch_document(lineage.head).layout
+    limit = 2 * lineage.head.n_models * layout.row_nbytes + _HEADER_ALLOWANCE
+    what = f"bundle {key}"
+    if match is None or match["device"] != lineage.name:
+        raise MMStoreError(f"{what} is not named as a bundle of device {lineage.name!r}")
+    if inbox.size(key) > limit:
+        raise MMStoreError(f"{what} is larger than any bundle of this device's {lineage.head.n_models} models can be")
+    bundle = parse_bundle(inbox.get(key), match["digest"], lineage.name, layout, what)
+    if bundle.header.arch != lineage.head.arch.id or bundle.header.n_models != lineage.head.n_models:
+        raise MMStoreError(f"{what} holds models of another architecture or count than lineage {lineage.name!r}")
+    return bundle
+
+
+def _apply(store: Store, inbox: Backend, lineage: _Lineage, bundle: Bundle, waiting: list[Bundle]) -> Outcome:
+    key, header = f"pending/{lineage.name}/{bundle.digest}{BUNDLE_SUFFIX}", bundle.header
+    layout = store.arch_document(lineage.head).layout
+    try:
+        if header.content == _content(lineage.head) or _already_ingested(store, lineage, bundle.digest):
+            inbox.delete(key)
+            return Outcome(key, lineage.name, "duplicate", lineage.head.id, nbytes=bundle.nbytes)
+        if header.base_content == _content(lineage.head):
+            rows, rebased = apply_bundle(bundle, lineage.rows, layout), None
+        else:
+            base = _recent_with_content(store, lineage, header.base_content)
+            if base is None:
+                if any(other.header.content == header.base_content for other in waiting):
+                    return Outcome(key, lineage.name, "deferred", reason="waits for the bundle it builds on")
+                return _quarantine(inbox, lineage.name, key, "it starts from models the store never held for this device")
+            rows, rebased = _rebase(store, lineage, bundle, base), base.id
+        set_id = _commit(store, lineage, bundle, rows, rebased)
+    except ConflictError as exc:
+        return Outcome(key, lineage.name, "deferred", reason=str(exc))
+    except MMStoreError as exc:
+        return _quarantine(inbox, lineage.name, key, str(exc))
+    inbox.delete(key)
+    return Outcome(key, lineage.name, "committed", set_id, nbytes=bundle.nbytes)
+
+
+def _rebase(store: Store, lineage: _Lineage, bundle: Bundle, base: Manifest) -> np.ndarray:
+    """The bundle's changes laid over the newer head, if nothing it changed has changed since its base."""
+    layout = store.arch_document(lineage.head).layout
+    base_rows = store.recover_rows(base.id)
+    new = apply_bundle(bundle, base_rows, layout)
+    since = change_mask(lineage.rows, base_rows, layout)
+    ours = change_mask(new, base_rows, layout)
+    if (since & ours).any():
+        models = sorted({int(i) for i in np.flatnonzero((since & ours).any(axis=1))})
+        raise MMStoreError(f"it changes models {models[:8]} that also changed in the store since its base {base.id[:12]}")
+    rows = lineage.rows.copy()
+    for t, spec in enumerate(layout.tensors):
+        columns = slice(spec.offset, spec.offset + spec.nbytes)
+        rows[ours[:, t], columns] = new[ours[:, t], columns]
+    return rows
+
+
+def _commit(store: Store, lineage: _Lineage, bundle: Bundle, rows: np.ndarray, rebased: str | None) -> str:
+    header = bundle.header
+    doc = store.arch_document(lineage.head)
+    meta = {"device_time": bundle_time(header), "bundle": bundle.digest, "bundle_kind": header.kind, "bundle_bytes": bundle.nbytes}
+    if rebased:
+        meta["rebased_from"] = rebased
+    set_id = store.save(ModelSet(doc.arch, doc.layout, rows), "update", base=lineage.head.id, lineage=lineage.name, meta=meta)
+    store.remember(set_id, rows)
+    lineage.recent.insert(0, lineage.head)
+    lineage.head, lineage.rows = store.manifest(set_id), rows
+    return set_id
+
+
+def _versions(store: Store, lineage: _Lineage) -> list[Manifest]:
+    """The head and up to RECENT_VERSIONS versions before it, newest first."""
+    found, current = [lineage.head], lineage.head
+    while len(found) <= RECENT_VERSIONS and current.base and current.lineage == lineage.name:
+        current = store.manifest(current.base)
+        found.append(current)
+    return found
+
+
+def _already_ingested(store: Store, lineage: _Lineage, digest: str) -> bool:
+    return any(m.meta.get("bundle") == digest for m in _versions(store, lineage))
+
+
+def _recent_with_content(store: Store, lineage: _Lineage, content: str) -> Manifest | None:
+    return next((m for m in _versions(store, lineage) if m.lineage == lineage.name and _content(m) == content), None)
+
+
+def _content(manifest: Manifest) -> str | None:
+    return getattr(manifest.data, "content", None)
+
+
+def _quarantine(inbox: Backend, device: str, key: str, reason: str) -> Outcome:
+    digest = key.rsplit("/", 1)[-1].removesuffix(BUNDLE_SUFFIX)
+    target = quarantine_key(device, digest)
+    note = {"reason": reason, "bundle": key, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    inbox.put(target.removesuffix(BUNDLE_SUFFIX) + ".json", json.dumps(note).encode(), exclusive=False)
+    inbox.move(key, target)
+    return Outcome(key, device, "quarantined", reason=reason)
