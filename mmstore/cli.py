@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from . import probe_cli
+from . import fleet_cli, probe_cli
 from .errors import MMStoreError, NotFoundError
 from .plugins import EXECUTORS
 from .settings import Settings
@@ -197,6 +197,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
                         help="where provenance replays run (auto: here if this environment is compatible with the "
                         "recorded one, else in the pinned image the set was trained in)")
     probe_cli.register(sub, common)
+    fleet_cli.register(sub, common)
     return parser
 
 

@@ -1,0 +1,324 @@
+"""The fleet catalog: incremental equals rebuilt, lost races, request counts, forged documents, concurrency, staleness."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import random
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from bench.catalog import CountingBackend, build_fleet, device_set, device_time
+from mmstore import Store
+from mmstore.catalog import HEADS_KEY, Catalog, to_time, version_time
+from mmstore.cli import main
+from mmstore.errors import ConflictError, FormatError, MMStoreError, NewerFormatError, NotFoundError
+
+from .conftest import TEST_SETTINGS, make_s3_bucket
+from .faults import HookedBackend, before
+
+FAST = TEST_SETTINGS.model_copy(update={"durable": False})
+
+
+def catalog_bytes(store: Store) -> dict[str, bytes]:
+    """Every catalog document, by key."""
+    keys = [e.key for e in store.backend.scan("catalog") if e.key.endswith(".json")]
+    return {key: store.backend.get(key) for key in sorted(keys)}
+
+
+def truth(store: Store) -> dict[str, list[tuple[str, str]]]:
+    """Every lineage's versions, oldest first, from `Store.log` (independent of the catalog's own walk)."""
+    chains = {}
+    for name, head in store.lineages().items():
+        chain = []
+        for info in store.log(head):
+            if info.lineage != name:
+                break
+            chain.append((version_time(store.manifest(info.id)), info.id))
+        chains[name] = chain[::-1]
+    return chains
+
+
+def fresh(store: Store) -> tuple[Catalog, CountingBackend]:
+    """A catalog over a newly opened store (nothing cached) that counts its requests."""
+    counting = CountingBackend(Store.open(store.url, FAST, **getattr(store, "options", {})).backend)
+    return Catalog(Store(counting, FAST)), counting
+
+
+def lose_race(store: Store, lineage: str, seed: int) -> tuple[str, str]:
+    """Save a set into `lineage` while another writer moves it first: (the lost set's id, the winner's id)."""
+    won = []
+    hooked = Store(HookedBackend(store.backend, "swap", 1, before(
+        lambda: won.append(store.save(device_set(2, seed + 1), lineage=lineage)))), FAST)
+    with pytest.raises(ConflictError):
+        hooked.save(device_set(2, seed), lineage=lineage, meta={"device_time": "2026-03-01T00:00:00Z"})
+    lost = next(i.id for i in hooked.list() if i.lineage == lineage and i.id not in store.lineages().values()
+                and i.meta.get("device_time") == "2026-03-01T00:00:00Z")
+    return lost, won[0]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_incremental_catalog_equals_rebuilt_after_random_interleavings(seed):
+    rng = random.Random(seed)
+    store = Store.open(f"memory://{uuid.uuid4().hex}", FAST)
+    fleet = store.save(device_set(2, 99), lineage="fleet")
+    store.save(device_set(2, 98), lineage="old-device")  # saved before any catalog: the first record covers it
+    catalog, pending, clock = Catalog(store), [], 0
+    for step in range(160):
+        name = f"car-{rng.randrange(12):02d}"
+        clock += rng.randrange(1, 90)
+        meta = rng.choice([{"device_time": f"2026-02-01T00:00:00+00:00"}, {}, {"device_time": "not a time"}])
+        meta = {"device_time": to_time("2026-01-01T00:00:00Z")[:11] + f"{clock // 3600 % 24:02d}:{clock % 60:02d}:00+01:00"} \
+            if rng.random() < 0.8 else meta
+        if rng.random() < 0.05 and store.lineages().get(name):
+            pending.extend(lose_race(store, name, seed * 1000 + step))
+            continue
+        base = fleet if name not in store.lineages() and rng.random() < 0.5 else None
+        pending.append(store.save(device_set(2, seed * 1000 + step), base=base, lineage=name, meta=meta))
+        if rng.random() < 0.4:
+            catalog.record(pending)
+            pending = []
+    catalog.record(pending)
+    incremental = catalog_bytes(store)
+    catalog.rebuild()
+    assert catalog_bytes(store) == incremental
+    expected = truth(store)
+    assert set(catalog.heads()) == set(expected) and "old-device" in expected
+    for name, versions in expected.items():
+        assert [(v.time, v.id) for v in catalog.versions(name)] == versions
+        assert catalog.heads()[name].head == versions[-1][1] and catalog.heads()[name].versions == len(versions)
+
+
+def test_lost_race_sets_are_not_versions():
+    store = Store.open(f"memory://{uuid.uuid4().hex}", FAST)
+    first = store.save(device_set(2, 1), lineage="car-1", meta={"device_time": "2026-01-01T00:00:00Z"})
+    catalog = Catalog(store)
+    catalog.record([first])
+    lost, won = lose_race(store, "car-1", 10)
+    assert store.manifest(lost).lineage == "car-1"
+    catalog.record([lost, won])
+    assert [v.id for v in catalog.versions("car-1")] == [first, won]
+    assert catalog.at("car-1", "2026-03-02T00:00:00Z").id in (first, won) and lost not in catalog_bytes(store)[
+        "catalog/lineages/car-1.json"].decode()
+
+
+def test_heads_and_at_take_at_most_five_requests_with_2000_sets(tmp_path):
+    store = Store.open(str(tmp_path / "store"), FAST)
+    devices, versions = 100, 20
+    saved = build_fleet(store, devices, versions)
+    Catalog(store).rebuild()
+    catalog, counting = fresh(store)
+    start = time.perf_counter()
+    heads = catalog.heads()
+    assert counting.total <= 5 and time.perf_counter() - start < 1.0
+    assert len(heads) == devices and all(h.versions == versions for h in heads.values())
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        device, version = int(rng.integers(devices)), int(rng.integers(versions))
+        catalog, counting = fresh(store)
+        start = time.perf_counter()
+        found = catalog.at(f"car-{device:04d}", device_time(device, version))
+        assert counting.total <= 5 and time.perf_counter() - start < 1.0, counting.calls
+        assert found.time == to_time(saved[f"car-{device:04d}"][version][0])
+        assert store.manifest(found.id).meta["device_time"] == device_time(device, version)
+    catalog, counting = fresh(store)
+    assert set(catalog.changed_since(device_time(50, versions - 1))) == {f"car-{d:04d}" for d in range(51, devices)}
+    assert counting.total <= 5
+
+
+def test_catalog_on_s3(s3_options):
+    url = f"s3://{make_s3_bucket(s3_options)}/store"
+    store = Store.open(url, FAST, **s3_options)
+    store.options = s3_options
+    saved = build_fleet(store, 6, 3)
+    catalog = Catalog(store)
+    catalog.record([store.lineages()["car-0001"]])  # no catalog yet: the first record catalogues every lineage
+    incremental = catalog_bytes(store)
+    catalog.rebuild()
+    assert catalog_bytes(store) == incremental
+    reader, counting = fresh(store)
+    assert set(reader.heads()) == set(saved) and counting.total <= 5
+    reader, counting = fresh(store)
+    assert reader.at("car-0004", device_time(4, 1)).time == to_time(device_time(4, 1)) and counting.total <= 5
+
+
+@pytest.fixture
+def small_fleet(tmp_path):
+    """3 devices x 4 versions, catalogued; the store and its lineages' true versions."""
+    store = Store.open(str(tmp_path / "store"), FAST)
+    build_fleet(store, 3, 4)
+    Catalog(store).rebuild()
+    return store, truth(store)
+
+
+def _forge(store: Store, key: str, data: bytes) -> None:
+    store.backend.put(key, data, exclusive=False)
+
+
+def _doc(store: Store, name: str) -> dict:
+    return json.loads(store.backend.get(f"catalog/lineages/{name}.json"))
+
+
+def _shifted(doc: dict) -> dict:
+    return {**doc, "versions": [[to_time(f"{t[:4]}-12{t[7:]}"), i] for t, i in doc["versions"]]}
+
+
+FORGERIES = {
+    "heads not JSON": lambda s: _forge(s, HEADS_KEY, b"{not json"),
+    "heads huge": lambda s: _forge(s, HEADS_KEY, b" " * (5 << 20)),
+    "heads bad id": lambda s: _forge(s, HEADS_KEY, json.dumps({"schema_version": 1, "lineages": {"car-0000": {
+        "head": "../../etc", "time": to_time("2026-01-01"), "latest": to_time("2026-01-01"), "versions": 1}}}).encode()),
+    "heads bad name": lambda s: _forge(s, HEADS_KEY, json.dumps({"schema_version": 1, "lineages": {"../x": {}}}).encode()),
+    "heads newer": lambda s: _forge(s, HEADS_KEY, b'{"schema_version": 9}'),
+    "doc of another lineage": lambda s: _forge(s, "catalog/lineages/car-0001.json", json.dumps(_doc(s, "car-0002")).encode()),
+    "doc with another lineage's versions": lambda s: _forge(s, "catalog/lineages/car-0001.json", json.dumps(
+        {**_doc(s, "car-0002"), "lineage": "car-0001"}).encode()),
+    "doc with wrong times": lambda s: _forge(s, "catalog/lineages/car-0001.json", json.dumps(_shifted(_doc(s, "car-0001"))).encode()),
+    "doc with bad time": lambda s: _forge(s, "catalog/lineages/car-0001.json", json.dumps(
+        {**_doc(s, "car-0001"), "versions": [["yesterday", "0" * 64]]}).encode()),
+    "doc that loops": lambda s: _forge(s, "catalog/lineages/car-0001.json", json.dumps(
+        {**_doc(s, "car-0001"), "versions": _doc(s, "car-0001")["versions"] * 2}).encode()),
+    "doc naming missing sets": lambda s: _forge(s, "catalog/lineages/car-0001.json", json.dumps(
+        {**_doc(s, "car-0001"), "versions": [[t, "f" * 64] for t, _ in _doc(s, "car-0001")["versions"]]}).encode()),
+    "doc huge": lambda s: _forge(s, "catalog/lineages/car-0001.json", b"[" * (5 << 20)),
+    "doc nested deep": lambda s: _forge(s, "catalog/lineages/car-0001.json", b"[" * 100_000 + b"]" * 100_000),
+    "ref huge": lambda s: _forge(s, "refs/car-0001", b"a" * 100_000),
+}
+
+
+@pytest.mark.parametrize("forgery", sorted(FORGERIES))
+def test_forged_catalog_gives_a_clear_error_or_the_true_answer(small_fleet, forgery):
+    store, expected = small_fleet
+    FORGERIES[forgery](store)
+    catalog = Catalog(Store.open(store.url, FAST))
+    for name, versions in expected.items():
+        for when, set_id in versions:
+            try:
+                assert catalog.at(name, when).id == set_id
+            except MMStoreError as exc:
+                assert isinstance(exc, (FormatError, NewerFormatError)) and "\n" not in str(exc)
+    try:
+        heads = catalog.heads(verify=True)
+    except MMStoreError as exc:
+        assert isinstance(exc, (FormatError, NewerFormatError))
+    else:
+        assert {name: h.head for name, h in heads.items()} == {name: v[-1][1] for name, v in expected.items()}
+    if forgery in ("ref huge", "heads newer"):  # a damaged ref is not the catalog's to mend; a newer one not to lose
+        with pytest.raises((FormatError, NewerFormatError)):
+            catalog.rebuild()
+        return
+    catalog.rebuild()  # a writer replaces what it cannot read with what the manifests say
+    assert {n: [(v.time, v.id) for v in catalog.versions(n)] for n in expected} == expected
+    assert {n: h.head for n, h in catalog.heads().items()} == {n: v[-1][1] for n, v in expected.items()}
+
+
+def test_heads_verify_answers_a_forged_head_from_the_manifests(small_fleet):
+    store, expected = small_fleet
+    heads = json.loads(store.backend.get(HEADS_KEY))
+    heads["lineages"]["car-0000"]["head"] = expected["car-0001"][-1][1]
+    _forge(store, HEADS_KEY, json.dumps(heads).encode())
+    catalog = Catalog(store)
+    assert catalog.heads()["car-0000"].head == expected["car-0001"][-1][1]  # the cheap listing trusts the catalog
+    assert catalog.heads(verify=True)["car-0000"].head == expected["car-0000"][-1][1]
+
+
+def _record_versions(url: str, worker: int, versions: int) -> None:
+    store = Store.open(url, FAST)
+    catalog = Catalog(store)
+    for version in range(versions):
+        for lineage in range(2):
+            name = f"car-{worker}-{lineage}"
+            set_id = store.save(device_set(2, worker * 100 + version), lineage=name,
+                                meta={"device_time": device_time(worker, version)})
+            catalog.record([set_id])
+
+
+def test_concurrent_record_from_several_processes_loses_nothing(tmp_path):
+    url = str(tmp_path / "store")
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_record_versions, args=(url, w, 5)) for w in range(4)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(60)
+    assert [p.exitcode for p in workers] == [0] * 4
+    store = Store.open(url, FAST)
+    catalog = Catalog(store)
+    heads = catalog.heads()
+    assert len(heads) == 8 and all(h.versions == 5 for h in heads.values())
+    incremental = catalog_bytes(store)
+    catalog.rebuild()
+    assert catalog_bytes(store) == incremental
+
+
+def test_stale_catalog_answers_at_from_the_ref(small_fleet):
+    store, expected = small_fleet
+    later = [store.save(device_set(1, 500 + v), lineage="car-0001", meta={"device_time": device_time(1, 10 + v)})
+             for v in range(2)]  # a writer that crashed before recording these
+    catalog, counting = fresh(store)
+    assert catalog.at("car-0001", device_time(1, 20)).id == later[-1]
+    assert counting.total <= 5 + 2 * len(later)
+    assert catalog.at("car-0001", device_time(1, 10)).id == later[0]
+    assert catalog.at("car-0001", device_time(1, 3)).id == expected["car-0001"][3][1]
+    assert [v.id for v in catalog.versions("car-0001")][-2:] == later
+    assert catalog.heads()["car-0001"].head == expected["car-0001"][-1][1]  # heads stays stale until refreshed
+    catalog.refresh("car-0001")
+    assert catalog.heads()["car-0001"].head == later[-1]
+
+
+def test_deleted_head_moves_the_answer_back_and_refresh_drops_it(small_fleet):
+    store, expected = small_fleet
+    store.delete(expected["car-0002"][-1][1])
+    catalog = Catalog(Store.open(store.url, FAST))
+    assert catalog.at("car-0002", device_time(2, 30)).id == expected["car-0002"][-2][1]
+    assert catalog.refresh("car-0002").head == expected["car-0002"][-2][1]
+    before_rebuild = catalog_bytes(store)
+    catalog.rebuild()
+    assert catalog_bytes(store) == before_rebuild
+
+
+def test_version_times():
+    store = Store(Store.open(f"memory://{uuid.uuid4().hex}", FAST).backend, FAST, clock=lambda: "2026-05-05T05:05:05.000+00:00")
+    ids = {meta: store.save(device_set(1, i), lineage="car", meta={"device_time": meta} if meta else {})
+           for i, meta in enumerate(["", "2026-01-01T10:00:00", "garbage", "2026-01-02T12:00:00+02:00"])}
+    times = {meta: version_time(store.manifest(set_id)) for meta, set_id in ids.items()}
+    assert times == {"": "2026-05-05T05:05:05.000000+00:00", "2026-01-01T10:00:00": "2026-05-05T05:05:05.000000+00:00",
+                     "garbage": "2026-05-05T05:05:05.000000+00:00",
+                     "2026-01-02T12:00:00+02:00": "2026-01-02T10:00:00.000000+00:00"}
+    catalog = Catalog(store)
+    catalog.rebuild()
+    assert catalog.at("car", "2026-01-02T10:30Z").id == ids["2026-01-02T12:00:00+02:00"]
+    with pytest.raises(NotFoundError, match="first version is from 2026-05-05"):
+        catalog.at("car", "2026-01-01")
+    with pytest.raises(MMStoreError, match="not ISO-8601"):
+        catalog.at("car", "tomorrow")
+    with pytest.raises(NotFoundError, match="no versions"):
+        catalog.at("truck", "2026-01-01")
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_fleet_commands(small_fleet, capsys):
+    store, expected = small_fleet
+    code, out, _ = run(capsys, "--store", store.url, "fleet", "ls", "--json", "--match", "car-000[12]")
+    assert code == 0 and [r["lineage"] for r in json.loads(out)["lineages"]] == ["car-0001", "car-0002"]
+    code, out, _ = run(capsys, "--store", store.url, "fleet", "ls")
+    assert code == 0 and expected["car-0000"][-1][1][:12] in out
+    code, out, _ = run(capsys, "--store", store.url, "fleet", "changed", "--since", device_time(1, 3), "--json")
+    assert code == 0 and [r["lineage"] for r in json.loads(out)["lineages"]] == ["car-0002"]
+    code, out, _ = run(capsys, "--store", store.url, "fleet", "at", "car-0002", "--time", device_time(2, 1))
+    assert code == 0 and out.split()[0] == expected["car-0002"][1][1]
+    code, out, _ = run(capsys, "--store", store.url, "fleet", "rebuild", "--json")
+    assert code == 0 and json.loads(out)["lineages"] == sorted(expected)
+    code, _, err = run(capsys, "--store", store.url, "fleet", "at", "car-0002", "--time", "2020-01-01")
+    assert code == 1 and err.count("\n") == 1 and "give a later time" in err
+    _forge(store, HEADS_KEY, b"{")
+    code, _, err = run(capsys, "--store", store.url, "fleet", "ls")
+    assert code == 1 and "mmstore fleet rebuild" in " ".join(err.split())
