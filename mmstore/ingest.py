@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from .backend import Backend
 from .bundle import BUNDLE_SUFFIX, Bundle, apply_bundle, bundle_time, change_mask, parse_bundle
-from .errors import ConflictError, MMStoreError
+from .errors import ConflictError, MMStoreError, NotFoundError
 from .manifest import LINEAGE_PATTERN, Manifest
 from .modelset import ModelSet
 from .store import Store
@@ -51,12 +51,11 @@ class Outcome:
 
 @dataclass
 class _Lineage:
-    """A device's lineage while its bundles are applied: the head, its rows, its recent versions."""
+    """A device's lineage while its bundles are applied: its head and the head's rows."""
 
     name: str
     head: Manifest
     rows: np.ndarray
-    recent: list[Manifest] = field(default_factory=list)
 
 
 def quarantine_key(device: str, digest: str) -> str:
@@ -90,6 +89,8 @@ def ingest_device(store: Store, inbox: Backend, device: str, keys: Iterable[str]
     for key in keys:
         try:
             waiting.append(_read(store, inbox, lineage, key))
+        except NotFoundError:
+            outcomes.append(Outcome(key, device, "duplicate", reason="taken by another ingest run"))
         except MMStoreError as exc:
             outcomes.append(_quarantine(inbox, device, key, str(exc)))
     waiting.sort(key=lambda b: (b.header.device_time, b.digest))
@@ -125,28 +126,44 @@ def _read(store: Store, inbox: Backend, lineage: _Lineage, key: str) -> Bundle:
 
 
 def _apply(store: Store, inbox: Backend, lineage: _Lineage, bundle: Bundle, waiting: list[Bundle]) -> Outcome:
-    key, header = f"pending/{lineage.name}/{bundle.digest}{BUNDLE_SUFFIX}", bundle.header
-    layout = store.arch_document(lineage.head).layout
-    try:
-        if header.content == _content(lineage.head) or _already_ingested(store, lineage, bundle.digest):
-            inbox.delete(key)
-            return Outcome(key, lineage.name, "duplicate", lineage.head.id, nbytes=bundle.nbytes)
-        if header.base_content == _content(lineage.head):
-            rows, rebased = apply_bundle(bundle, lineage.rows, layout), None
-        else:
-            base = _recent_with_content(store, lineage, header.base_content)
-            if base is None:
-                if any(other.header.content == header.base_content for other in waiting):
-                    return Outcome(key, lineage.name, "deferred", reason="waits for the bundle it builds on")
-                return _quarantine(inbox, lineage.name, key, "it starts from models the store never held for this device")
-            rows, rebased = _rebase(store, lineage, bundle, base), base.id
-        set_id = _commit(store, lineage, bundle, rows, rebased)
-    except ConflictError as exc:
-        return Outcome(key, lineage.name, "deferred", reason=str(exc))
-    except MMStoreError as exc:
-        return _quarantine(inbox, lineage.name, key, str(exc))
+    """Commit one bundle; a lineage another ingest run moved meanwhile is read again and the bundle retried once."""
+    key = f"pending/{lineage.name}/{bundle.digest}{BUNDLE_SUFFIX}"
+    conflict = ""
+    for _ in range(2):
+        try:
+            return _apply_to_head(store, inbox, lineage, bundle, waiting, key)
+        except ConflictError as exc:
+            conflict = str(exc)
+            _reload(store, lineage)
+        except MMStoreError as exc:
+            return _quarantine(inbox, lineage.name, key, str(exc))
+    return Outcome(key, lineage.name, "deferred", reason=conflict)
+
+
+def _apply_to_head(store: Store, inbox: Backend, lineage: _Lineage, bundle: Bundle, waiting: list[Bundle], key: str) -> Outcome:
+    header, layout = bundle.header, store.arch_document(lineage.head).layout
+    if header.content == _content(lineage.head) or _already_ingested(store, lineage, bundle.digest):
+        inbox.delete(key)
+        return Outcome(key, lineage.name, "duplicate", lineage.head.id, nbytes=bundle.nbytes)
+    if header.base_content == _content(lineage.head):
+        rows, rebased = apply_bundle(bundle, lineage.rows, layout), None
+    else:
+        base = _recent_with_content(store, lineage, header.base_content)
+        if base is None:
+            if any(other.header.content == header.base_content for other in waiting):
+                return Outcome(key, lineage.name, "deferred", reason="waits for the bundle it builds on")
+            if store.documents.ref(lineage.name) != lineage.head.id:
+                raise ConflictError(f"lineage {lineage.name!r} moved while its bundles were read")
+            return _quarantine(inbox, lineage.name, key, "it starts from models the store never held for this device")
+        rows, rebased = _rebase(store, lineage, bundle, base), base.id
+    set_id = _commit(store, lineage, bundle, rows, rebased)
     inbox.delete(key)
     return Outcome(key, lineage.name, "committed", set_id, nbytes=bundle.nbytes)
+
+
+def _reload(store: Store, lineage: _Lineage) -> None:
+    fresh = _open_lineage(store, lineage.name)
+    lineage.head, lineage.rows = fresh.head, fresh.rows
 
 
 def _rebase(store: Store, lineage: _Lineage, bundle: Bundle, base: Manifest) -> np.ndarray:
@@ -172,9 +189,9 @@ def _commit(store: Store, lineage: _Lineage, bundle: Bundle, rows: np.ndarray, r
     meta = {"device_time": bundle_time(header), "bundle": bundle.digest, "bundle_kind": header.kind, "bundle_bytes": bundle.nbytes}
     if rebased:
         meta["rebased_from"] = rebased
-    set_id = store.save(ModelSet(doc.arch, doc.layout, rows), "update", base=lineage.head.id, lineage=lineage.name, meta=meta)
+    set_id = store.save(ModelSet(doc.arch, doc.layout, rows), "update", base=lineage.head.id, lineage=lineage.name, meta=meta,
+                        if_head=lineage.head.id)
     store.remember(set_id, rows)
-    lineage.recent.insert(0, lineage.head)
     lineage.head, lineage.rows = store.manifest(set_id), rows
     return set_id
 

@@ -76,15 +76,19 @@ class Store(Lifecycle):
         base: str | None = None,
         lineage: str | None = None,
         meta: dict[str, JsonValue] | None = None,
+        if_head: str | None = None,
         **options: Any,
     ) -> str:
         """Store `model_set` and return its id; with `lineage`, move that name to the new set.
 
-        With a lineage and no base, the set derives from the lineage's newest set. Blobs are written
-        first and the manifest last: the manifest write is the commit. `options` go to the approach
-        (the provenance approach takes `provenance=`).
+        With a lineage and no base, the set derives from the lineage's newest set. With `if_head`,
+        the lineage moves only from that set (else ConflictError). Blobs are written first and the
+        manifest last: the manifest write is the commit. `options` go to the approach (the
+        provenance approach takes `provenance=`).
         """
         head = self._lineage_head(lineage)
+        if if_head is not None and head != if_head:
+            raise ConflictError(f"lineage {lineage!r} no longer points at {if_head[:12]}; read it again and retry")
         base_id = self.resolve(base) if base else head
         base_manifest = self.manifest(base_id) if base_id else None
         arch_doc = canonical_json(ArchDocument(arch=model_set.arch, layout=model_set.layout))

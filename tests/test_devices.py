@@ -1,0 +1,205 @@
+"""Device fleets: slices of a deployed set, bundles pushed to an inbox, ingest into each device's lineage."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+
+import numpy as np
+import pytest
+
+from mmstore import ModelSet, Store
+from mmstore.backend import open_backend
+from mmstore.bundle import parse_bundle
+from mmstore.device import Device, deploy, pending_key
+from mmstore.digest import digest_bytes
+from mmstore.ingest import ingest, pending
+from tests.conftest import TEST_SETTINGS, make_s3_bucket
+from tests.forge import small_set
+
+DEVICES, PER_DEVICE = ("car-0", "car-1", "car-2"), 4
+WHEN = "2026-01-01T00:00:00+00:00"
+
+
+def changed(models: ModelSet, model: int, seed: int, tensors=(0,)) -> ModelSet:
+    """A copy of `models` whose model `model` has new values in the given tensors (seeded)."""
+    data, rng = models.data.copy(), np.random.default_rng(seed)
+    for t in tensors:
+        spec = models.layout.tensors[t]
+        values = rng.standard_normal(spec.nbytes // 4).astype(np.float32)
+        data[model, spec.offset : spec.offset + spec.nbytes] = values.view(np.uint8)
+    return ModelSet(models.arch, models.layout, data)
+
+
+class Fleet:
+    """A store with a deployed fleet set, one lineage per device, and an inbox beside it."""
+
+    def __init__(self, store_url: str, inbox_url: str, **options):
+        self.store_url, self.inbox_url, self.options = store_url, inbox_url, options
+        self.store = self.open()
+        self.inbox = open_backend(inbox_url, **options)
+        self.fleet = small_set(len(DEVICES) * PER_DEVICE, seed=5)
+        self.fleet_id = self.store.save(self.fleet, "update", lineage="fleet")
+        self.heads = deploy(self.store, self.fleet_id, DEVICES, PER_DEVICE, WHEN)
+
+    def open(self) -> Store:
+        return Store.open(self.store_url, TEST_SETTINGS, **self.options)
+
+    def device(self, name: str) -> Device:
+        device = Device(name, self.open(), self.inbox)
+        device.pull()
+        return device
+
+    def ingest(self) -> list:
+        return ingest(self.open(), self.inbox, pending(self.inbox))
+
+    def versions(self, name: str) -> list[str]:
+        return [info.id for info in self.open().log(name) if info.lineage == name]
+
+
+@pytest.fixture
+def fleet(tmp_path) -> Fleet:
+    return Fleet(str(tmp_path / "store"), str(tmp_path / "inbox"))
+
+
+def test_devices_start_as_slices_that_store_nothing_but_a_manifest(fleet):
+    store = fleet.open()
+    for i, name in enumerate(DEVICES):
+        assert store.recover(name).equals(fleet.fleet.select(range(i * PER_DEVICE, (i + 1) * PER_DEVICE)))
+        assert store.size(fleet.heads[name]) == store.backend.size(f"sets/{fleet.heads[name]}.json")
+    assert store.recover(DEVICES[1], models=[2]).equals(fleet.fleet.select([PER_DEVICE + 2]))
+    assert store.verify() and len(store.list()) == 1 + len(DEVICES)
+
+
+def test_pushed_versions_are_ingested_in_order_and_recover_bit_for_bit(fleet):
+    device = fleet.device("car-1")
+    first = changed(device.base, 0, seed=1)
+    second = changed(first, 3, seed=2, tensors=(2, 3))
+    pushes = [device.push(first, "2026-01-02T00:00:00+00:00"), device.push(second, "2026-01-03T00:00:00+00:00")]
+    assert [p.kind for p in pushes] == ["delta", "delta"] and all(p.nbytes < p.full_nbytes for p in pushes)
+    outcomes = fleet.ingest()
+    assert [o.status for o in outcomes] == ["committed", "committed"]
+    store = fleet.open()
+    versions = fleet.versions("car-1")
+    assert len(versions) == 3 and store.recover(versions[0]).equals(second) and store.recover(versions[1]).equals(first)
+    assert store.manifest(versions[0]).meta["device_time"].startswith("2026-01-03")
+    assert pending(fleet.inbox) == {} and store.verify()
+
+
+def test_a_bundle_delivered_again_and_a_push_of_unchanged_models_commit_nothing(fleet):
+    device = fleet.device("car-0")
+    push = device.push(changed(device.base, 1, seed=3))
+    data = fleet.inbox.get(push.key)
+    fleet.ingest()
+    before = fleet.versions("car-0")
+    fleet.inbox.put(push.key, data, exclusive=True)  # delivered a second time
+    device.push(device.base)  # nothing changed since the last push
+    outcomes = fleet.ingest()
+    assert sorted(o.status for o in outcomes) == ["duplicate", "duplicate"]
+    assert fleet.versions("car-0") == before and pending(fleet.inbox) == {}
+
+
+def test_a_stale_bundle_is_rebased_when_nothing_it_changed_changed_since(fleet):
+    device = fleet.device("car-2")
+    store = fleet.open()
+    central = changed(device.base, 3, seed=4)
+    store.save(central, "update", lineage="car-2")  # the centre retrained model 3 meanwhile
+    device.push(changed(device.base, 0, seed=5))
+    assert [o.status for o in fleet.ingest()] == ["committed"]
+    merged = fleet.open().recover("car-2")
+    expected = changed(central, 0, seed=5)
+    assert merged.equals(expected)
+
+
+def test_a_stale_bundle_that_conflicts_is_quarantined_with_its_reason(fleet):
+    device = fleet.device("car-2")
+    fleet.open().save(changed(device.base, 0, seed=4), "update", lineage="car-2")
+    head = fleet.versions("car-2")[0]
+    push = device.push(changed(device.base, 0, seed=6))
+    outcome, = fleet.ingest()
+    assert outcome.status == "quarantined" and "changes models [0]" in outcome.reason
+    note = json.loads(fleet.inbox.get(push.key.replace("pending/", "quarantine/").replace(".mmb", ".json")))
+    assert note["reason"] == outcome.reason and fleet.versions("car-2")[0] == head
+
+
+def test_two_ingests_at_once_commit_every_bundle_exactly_once(tmp_path):
+    fleet = Fleet(str(tmp_path / "store"), str(tmp_path / "inbox"))
+    expected = {}
+    for name in DEVICES:
+        device = fleet.device(name)
+        models = device.base
+        for day in range(3):
+            models = changed(models, day, seed=10 * day + len(name))
+            device.push(models, f"2026-01-0{day + 2}T00:00:00+00:00")
+        expected[name] = digest_bytes(models.data)
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(2), context.Queue()
+    runs = [context.Process(target=_ingest_once, args=(fleet.store_url, fleet.inbox_url, start, results)) for _ in range(2)]
+    for run in runs:
+        run.start()
+    statuses = [status for _ in runs for status in results.get(timeout=120)]
+    for run in runs:
+        run.join(timeout=30)
+    statuses += [o.status for o in fleet.ingest()]  # whatever a lost compare-and-swap deferred
+    assert statuses.count("committed") == 9 and "quarantined" not in statuses
+    for name in DEVICES:
+        assert len(fleet.versions(name)) == 4  # the slice and three pushed versions, none twice
+        assert digest_bytes(fleet.open().recover(name).data) == expected[name]
+    assert pending(fleet.inbox) == {}
+
+
+def _ingest_once(store_url: str, inbox_url: str, start, results) -> None:
+    inbox = open_backend(inbox_url)
+    store = Store.open(store_url, TEST_SETTINGS)
+    start.wait(timeout=60)  # both runs list the inbox at the same moment
+    results.put([o.status for o in ingest(store, inbox, pending(inbox))])
+
+
+def test_an_upload_cut_off_at_any_byte_is_never_accepted(fleet):
+    device = fleet.device("car-0")
+    push = device.push(changed(device.base, 2, seed=7))
+    data = fleet.inbox.get(push.key)
+    fleet.inbox.delete(push.key)
+    head = fleet.versions("car-0")[0]
+    layout = fleet.open().recover("car-0").layout
+    for cut in range(len(data)):
+        with pytest.raises(Exception) as caught:
+            parse_bundle(data[:cut], push.key.rsplit("/", 1)[1][:-4], "car-0", layout, "bundle")
+        assert "cut off or altered" in str(caught.value)
+    # Stored under its name, a cut-off bundle is quarantined; the whole one is then accepted.
+    for cut in (0, 1, len(data) // 2, len(data) - 1):
+        fleet.inbox.put(push.key, data[:cut], exclusive=False)
+        outcome, = fleet.ingest()
+        assert outcome.status == "quarantined" and fleet.versions("car-0")[0] == head
+    fleet.inbox.put(push.key, data, exclusive=False)
+    assert [o.status for o in fleet.ingest()] == ["committed"]
+
+
+def test_an_interrupted_local_upload_leaves_only_a_temporary_file_ingest_ignores(fleet, tmp_path):
+    (tmp_path / "inbox" / "pending" / "car-0").mkdir(parents=True)
+    (tmp_path / "inbox" / "pending" / "car-0" / ".tmp-upload").write_bytes(b"MMSTORE-BUNDLE\n partial")
+    assert pending(fleet.inbox) == {} and fleet.ingest() == []
+
+
+def test_the_device_follows_the_cost_model(fleet):
+    device = fleet.device("car-1")
+    everything = ModelSet(device.base.arch, device.base.layout, small_set(PER_DEVICE, seed=99).data)
+    push = device.push(everything)
+    delta, full = (next(o for o in push.choice.options if o.name == n) for n in ("delta", "full"))
+    assert push.kind == ("delta" if delta.cost <= full.cost else "full")
+    assert push.choice.chosen == push.kind and "cheapest" in push.choice.reason
+    assert [o.status for o in fleet.ingest()] == ["committed"]
+    assert fleet.open().recover("car-1").equals(everything)
+
+
+def test_a_fleet_on_s3_round_trips(s3_options):
+    bucket = make_s3_bucket(s3_options)
+    fleet = Fleet(f"s3://{bucket}/store", f"s3://{bucket}/inbox", **s3_options)
+    device = fleet.device("car-0")
+    models = changed(device.base, 1, seed=8)
+    push = device.push(models)
+    assert pending(fleet.inbox) == {"car-0": [push.key]}
+    assert [o.status for o in fleet.ingest()] == ["committed"]
+    assert fleet.open().recover("car-0").equals(models) and pending(fleet.inbox) == {}
+    assert pending_key("car-0", push.key.rsplit("/", 1)[1][:-4]) == push.key
+
