@@ -63,3 +63,20 @@ class MaintenanceParameters(BaseModel):
     verify_sample: int = Field(10, ge=0, description="Sets verified byte for byte besides every lineage's head")
     seed: int = Field(0, description="Seed of the sample")
     dry_run: bool = Field(False, description="Report what garbage collection would free, free nothing")
+
+
+__all__ += ["FleetAsOfParameters"]
+
+
+class FleetAsOfParameters(BaseModel):
+    """Recover the fleet as of a time: every matching device's version then, saved as one set."""
+
+    store: str = Field("./mmstore-data/fleet", description="Store URL: a directory, file://, or s3://bucket/prefix")
+    time: str = Field(..., description="ISO-8601 time, e.g. 2026-11-25T14:00:00Z (without a zone: UTC)")
+    match: str = Field("*", description="Glob of the device lineages, e.g. car-*")
+    base: str | None = Field(
+        None, description="Save as an update against this set (id, prefix or lineage), e.g. the deployed fleet set "
+        "or the previous fleet-as-of set; it must hold as many models. Empty: a baseline snapshot",
+    )
+    lineage: str | None = Field(None, description="Lineage to move to the new set (empty: the set stands alone)")
+    batches: int = Field(4, ge=1, le=64, description="Recovery tasks the devices are split into")
