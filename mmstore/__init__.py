@@ -1,6 +1,7 @@
 """mmstore: save and recover thousands of related models losslessly, cheaply and verifiably."""
 
 from .arch import ArchSpec, register_factory, register_trainer
+from .catalog import Catalog
 from .errors import (
     ArchitectureError,
     IntegrityError,
@@ -16,6 +17,7 @@ from .store import RecoveryContext, SetInfo, Store
 __all__ = [
     "Store",
     "ModelSet",
+    "Catalog",
     "ArchSpec",
     "Settings",
     "SetInfo",
