@@ -1,4 +1,4 @@
-"""Replay executors for this machine: worker processes, in parallel over models, each single-threaded.
+"""Replay executors for this machine: worker processes, in parallel over models or groups, each single-threaded.
 
 Starting workers costs seconds (the fork server, then each worker importing the trainer), so work
 too small to repay that is trained in the calling process instead, with the workers' settings.
@@ -22,7 +22,7 @@ import torch
 from envs.compare import compare
 from envs.fingerprint import Fingerprint, capture
 from mmstore.errors import EnvironmentMismatchError, MMStoreError
-from mmstore.replay import ReplayJob, ReplayTask, run_jobs
+from mmstore.replay import ReplayJob, ReplayTask, part, run_jobs, split
 
 __all__ = ["LocalExecutor", "shutdown"]
 
@@ -67,11 +67,6 @@ def shutdown() -> None:
         _POOLS.popitem()[1].shutdown()
 
 
-def _batches(jobs: Sequence[ReplayJob], count: int) -> list[list[ReplayJob]]:
-    size = max(1, -(-len(jobs) // count))
-    return [list(jobs[i : i + size]) for i in range(0, len(jobs), size)]
-
-
 class LocalExecutor:
     """Replays in `workers` processes (default: one per core) after checking this environment.
 
@@ -102,34 +97,34 @@ class LocalExecutor:
             return run_jobs(task, jobs)
         if self.workers in _POOLS:
             return self._in_workers(task, jobs)
-        here, rest = _here_unless_workers_pay(task, jobs, self.workers)
-        return np.concatenate([here, self._in_workers(task, rest)]) if rest else here
+        here, (rest_task, rest) = _here_unless_workers_pay(task, jobs, self.workers)
+        return np.concatenate([here, self._in_workers(rest_task, rest)]) if rest else here
 
     def _in_workers(self, task: ReplayTask, jobs: Sequence[ReplayJob]) -> np.ndarray:
-        batches = _batches(jobs, self.workers * _BATCHES_PER_WORKER)
+        # A group trains in one call and is never split: the batches are whole groups.
+        tasks, batches = zip(*split(task, jobs, self.workers * _BATCHES_PER_WORKER))
         try:
-            return np.concatenate(list(_pool(self.workers).map(run_jobs, [task] * len(batches), batches)))
+            return np.concatenate(list(_pool(self.workers).map(run_jobs, tasks, batches)))
         except BrokenProcessPool as exc:
             _POOLS.pop(self.workers, None)
             raise MMStoreError(f"a replay worker process died ({exc}); free memory and recover again") from exc
 
 
 def _here_unless_workers_pay(task: ReplayTask, jobs: Sequence[ReplayJob],
-                             workers: int) -> tuple[np.ndarray, Sequence[ReplayJob]]:
-    """Train jobs here unless workers are expected to finish the rest sooner; the rows and the jobs left.
+                             workers: int) -> tuple[np.ndarray, tuple[ReplayTask, list[ReplayJob]]]:
+    """Train jobs here unless workers are expected to finish the rest sooner; the rows and the work left.
 
-    A job is trained here and timed, and if workers would not pay at that cost the rest follows
-    here at once. The first job also pays one-off costs (imports, torch's first optimiser step)
-    that each worker would pay as well, so a second one gives a closer estimate before any start.
+    A job (or a group) is trained here and timed, and if workers would not pay at that cost the rest
+    follows here at once. The first one also pays one-off costs (imports, torch's first optimiser
+    step) that each worker would pay as well, so a second one gives a closer estimate before any start.
     """
-    rows, done = [], 0
-    for _ in range(2):
+    rows, units = [], len(task.units(jobs))
+    for done in range(min(2, units)):
         start = time.perf_counter()
-        rows.append(_here(task, jobs[done : done + 1]))
-        done += 1
-        if not _workers_pay(time.perf_counter() - start, len(jobs) - done, workers):
-            return np.concatenate([*rows, _here(task, jobs[done:])]), []
-    return np.concatenate(rows), jobs[done:]
+        rows.append(_here(*part(task, jobs, done, done + 1)))
+        if not _workers_pay(time.perf_counter() - start, units - done - 1, workers):
+            return np.concatenate([*rows, _here(*part(task, jobs, done + 1))]), part(task, jobs, units)
+    return np.concatenate(rows), part(task, jobs, 2)
 
 
 def _here(task: ReplayTask, jobs: Sequence[ReplayJob]) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Replay inside a container: `python -m envs.replay_worker WORKDIR` trains the jobs written there.
 
 The host and the container exchange plain files, never pickles: `task.json` (architecture,
-layout, trainer, allow-list, and per job its model index, recipe and dataset span), `rows.npy`
+layout, trainer, allow-list, the group sizes and thread count of a grouped replay, and per job its
+model index, recipe and dataset span), `rows.npy`
 (the starting rows), `datasets.bin` (every dataset's bytes, end to end). The worker writes the
 trained rows to `out/rows.npy`.
 """
@@ -35,7 +36,7 @@ def write_work(workdir: Path, task: ReplayTask, jobs: Sequence[ReplayJob]) -> No
         offset += len(job.dataset)
     doc = {
         "arch": task.arch.model_dump(mode="json"), "layout": task.layout.model_dump(mode="json"),
-        "trainer": task.trainer, "trusted": list(task.trusted),
+        "trainer": task.trainer, "trusted": list(task.trusted), "groups": list(task.groups), "threads": task.threads,
         "jobs": [{"model": job.model, "recipe": job.recipe, "dataset": span} for job, span in zip(jobs, spans)],
     }
     (workdir / "task.json").write_text(json.dumps(doc))
@@ -51,7 +52,7 @@ def read_work(workdir: Path) -> tuple[ReplayTask, list[ReplayJob]]:
     """The task and jobs `write_work` wrote into `workdir`."""
     doc = json.loads((workdir / "task.json").read_text())
     task = ReplayTask(ArchSpec.model_validate(doc["arch"]), Layout.model_validate(doc["layout"]),
-                      doc["trainer"], tuple(doc["trusted"]))
+                      doc["trainer"], tuple(doc["trusted"]), tuple(doc["groups"]), doc["threads"])
     rows = np.load(workdir / "rows.npy", allow_pickle=False)
     data = (workdir / "datasets.bin").read_bytes()
     jobs = [ReplayJob(j["model"], row, data[j["dataset"][0] : sum(j["dataset"])], j["recipe"])

@@ -1,12 +1,15 @@
-"""Flow: one update cycle of a fleet (use case U3): drift -> retrain -> save -> move the lineage."""
+"""Flow: one update cycle of a fleet (use case U3): drift -> retrain (in groups) -> save -> move the lineage."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from mmstore import ModelSet, ProvenanceRecord, Settings
-from mmstore.replay import ReplayTask
+from mmstore.groups import GroupPlan, plan_groups
+from mmstore.replay import ReplayJob, ReplayTask, grouped, split
 from workloads.models import ARCHITECTURES
 from workloads.training import TrainRecipe
 
@@ -16,9 +19,10 @@ from tasks.fleet import cycle_data, detect_drift, write_cycle_datasets
 from tasks.store import load_set
 from tasks.training import assemble, fingerprint, train_batch, training_jobs
 
-__all__ = ["fleet_update", "datasets_location", "recipes_for"]
+__all__ = ["fleet_update", "datasets_location", "recipes_for", "training_task", "TRAINER", "GROUP_TRAINER"]
 
 TRAINER = "workloads.training:train_from_bytes"
+GROUP_TRAINER = "workloads.training:train_group"
 
 
 def datasets_location(store: str, datasets: str | None) -> str:
@@ -44,11 +48,12 @@ def fleet_update(params: FleetUpdateParameters = FleetUpdateParameters(), curren
     cells = sorted(full + partial)
     refs = write_cycle_datasets(datasets_location(params.store, params.datasets), cycle, cells, data)
     recipes, recipe_of = recipes_for(arch, cycle), {**{c: "full" for c in full}, **{c: "partial" for c in partial}}
-    jobs = training_jobs(base, cells, recipe_of, recipes, data)
-    new_set = assemble(base, cells, _train(base, jobs, params))
+    spec, jobs, plan = training_task(base, training_jobs(base, cells, recipe_of, recipes, data), recipe_of, params.group_size)
+    new_set = assemble(base, [job.model for job in jobs], _train(spec, jobs, params))
     provenance = ProvenanceRecord(
-        trainer=TRAINER, recipes=recipes, environment=fingerprint(),
+        trainer=spec.trainer, recipes=recipes, environment=fingerprint(),
         changes={c: (recipe_of[c], refs[c].model_dump()) for c in cells},
+        groups=plan,
     ) if params.approach == "provenance" else None
     new_meta = {**meta, "cycle": cycle, "full": len(full), "partial": len(partial)}
     saved = save_model_set(new_set, params.store, params.approach, base_id, params.lineage, new_meta, provenance, base)
@@ -56,13 +61,23 @@ def fleet_update(params: FleetUpdateParameters = FleetUpdateParameters(), curren
     return {**saved, "cycle": cycle, "model_set": new_set}
 
 
-def _train(base: ModelSet, jobs: list, params: FleetUpdateParameters) -> list:
-    """Train the jobs in batched mapped tasks, publishing progress as they finish."""
+def training_task(base: ModelSet, jobs: list[ReplayJob], recipe_of: dict[int, str],
+                  group_size: int) -> tuple[ReplayTask, list[ReplayJob], GroupPlan | None]:
+    """How to train `jobs`: in groups of at most `group_size` models of one recipe, or one model per call (0).
+
+    Returns the task, the jobs in training order and the grouping a provenance record states.
+    """
     spec = ReplayTask(arch=base.arch, layout=base.layout, trainer=TRAINER, trusted=Settings().allowed_prefixes())
-    size = max(1, -(-len(jobs) // params.batches))
-    batches = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+    if not group_size or not jobs:
+        return spec, jobs, None
+    plan = plan_groups(recipe_of, group_size)
+    return *grouped(replace(spec, trainer=GROUP_TRAINER), jobs, plan), plan
+
+
+def _train(spec: ReplayTask, jobs: list[ReplayJob], params: FleetUpdateParameters) -> list:
+    """Train the jobs in a few mapped tasks (whole groups each), publishing progress as they finish."""
     progress = create_progress_artifact(0.0, key="training", description=f"Training {len(jobs)} models")
-    futures = [train_batch.submit(spec, batch, params.workers) for batch in batches]
+    futures = [train_batch.submit(task, batch, params.workers) for task, batch in split(spec, jobs, params.batches)]
     rows = []
     for done, future in enumerate(futures, start=1):
         rows.append(future.result())

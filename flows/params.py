@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 import mmstore.approaches  # noqa: F401  (registers the built-in approaches)
+from mmstore.groups import MAX_GROUP_MODELS
 from mmstore.plugins import APPROACHES, EXECUTORS
 
 __all__ = ["FleetUpdateParameters", "RecoverParameters", "ScenarioParameters", "MaintenanceParameters", "Approach", "ExecutorName"]
@@ -27,6 +28,10 @@ class FleetUpdateParameters(BaseModel):
     partial_fraction: float = Field(0.05, ge=0, le=1, description="Share of models retrained in their last layer")
     workers: int = Field(2, ge=0, description="Training processes per batch (0: train inside the task's worker)")
     batches: int = Field(8, ge=1, description="How many batched training tasks a cycle is split into")
+    group_size: int = Field(
+        64, ge=0, le=MAX_GROUP_MODELS,
+        description="Models of one recipe trained together in one call (0: one model per call, the per-model trainer)",
+    )
 
 
 class RecoverParameters(BaseModel):

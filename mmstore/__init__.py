@@ -1,6 +1,6 @@
 """mmstore: save and recover thousands of related models losslessly, cheaply and verifiably."""
 
-from .arch import ArchSpec, register_factory, register_trainer
+from .arch import ArchSpec, register_factory, register_group_trainer, register_trainer
 from .catalog import Catalog
 from .errors import (
     ArchitectureError,
@@ -31,4 +31,5 @@ __all__ = [
     "DatasetRef",
     "register_factory",
     "register_trainer",
+    "register_group_trainer",
 ]

@@ -29,8 +29,10 @@ __all__ = [
     "ArchitectureChangedWarning",
     "FACTORY_KIND",
     "TRAINER_KIND",
+    "GROUP_TRAINER_KIND",
     "register_factory",
     "register_trainer",
+    "register_group_trainer",
     "is_trusted",
     "source_digest",
     "import_trusted",
@@ -40,6 +42,7 @@ __all__ = [
 
 FACTORY_KIND = "architecture factory"
 TRAINER_KIND = "training function"
+GROUP_TRAINER_KIND = "group training function"
 IMPORT_PATH = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 _IMPORT_PATH = re.compile(IMPORT_PATH)
 MAX_PATH = 256
@@ -50,8 +53,9 @@ MAX_KWARGS_STRING = 4 << 10
 F = TypeVar("F", bound=Callable[..., Any])
 
 # kind -> "module:name" -> the registered function; a stored path is called only if it resolves to it.
-_REGISTERED: dict[str, dict[str, Callable[..., Any]]] = {FACTORY_KIND: {}, TRAINER_KIND: {}}
-_DECORATORS = {FACTORY_KIND: "@mmstore.register_factory", TRAINER_KIND: "@mmstore.register_trainer"}
+_REGISTERED: dict[str, dict[str, Callable[..., Any]]] = {FACTORY_KIND: {}, TRAINER_KIND: {}, GROUP_TRAINER_KIND: {}}
+_DECORATORS = {FACTORY_KIND: "@mmstore.register_factory", TRAINER_KIND: "@mmstore.register_trainer",
+               GROUP_TRAINER_KIND: "@mmstore.register_group_trainer"}
 
 
 class ArchitectureChangedWarning(UserWarning):
@@ -74,6 +78,11 @@ def register_factory(fn: F) -> F:
 def register_trainer(fn: F) -> F:
     """Let provenance records name `fn`, a module-level `fn(model, dataset_bytes, recipe) -> Module`."""
     return _register(TRAINER_KIND, fn)
+
+
+def register_group_trainer(fn: F) -> F:
+    """Let grouped provenance records name `fn(template, stacked, datasets, recipe) -> stacked` (k models at once)."""
+    return _register(GROUP_TRAINER_KIND, fn)
 
 
 def _matches(path: str) -> bool:

@@ -13,11 +13,12 @@ from typing import Any, Literal, NamedTuple
 
 import fsspec
 import zstandard
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_serializer
 
 from .codecs import decompress_bounded
 from .digest import digest_bytes
 from .errors import DatasetError, FormatError, MMStoreError
+from .groups import GroupPlan
 from .manifest import canonical_json
 from .settings import Settings
 
@@ -68,7 +69,8 @@ class ProvenanceRecord(BaseModel):
     `trainer` is `"package.module:function"`, called as `function(model, dataset_bytes, recipe)`;
     `recipes` maps a name to the recipe (hyper-parameters, seed, trainable layers, determinism);
     `changes` maps each changed model's index to its recipe's name and its dataset; `environment`
-    is the fingerprint (JSON) of the environment the training ran in.
+    is the fingerprint (JSON) of the environment the training ran in. With `groups`, the trainer is
+    a group trainer (`register_group_trainer`) and the plan says which models trained together.
     """
 
     model_config = _FROZEN
@@ -77,6 +79,7 @@ class ProvenanceRecord(BaseModel):
     recipes: dict[str, dict[str, JsonValue]]
     changes: dict[int, tuple[str, DatasetRef]]
     environment: str
+    groups: GroupPlan | None = None
 
     @field_validator("environment", mode="before")
     @classmethod
@@ -119,12 +122,21 @@ class ChangedModel(BaseModel):
 
 
 class ChangeList(BaseModel):
-    """Every changed model of a derived set, by ascending model index."""
+    """Every changed model of a derived set, by ascending model index, and how they trained together."""
 
     model_config = _FROZEN
 
     schema_version: Literal[1] = 1
     models: tuple[ChangedModel, ...]
+    # Absent in sets trained one model per call, which are stored byte for byte as before grouping existed.
+    groups: GroupPlan | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_groups(self, handler: Any) -> Any:
+        data = handler(self)
+        if data.get("groups") is None:
+            data.pop("groups", None)
+        return data
 
 
 def encode_changes(changes: ChangeList) -> bytes:

@@ -1,6 +1,6 @@
 """The battery-cell fleet workload: ECM simulator, FFNN-48/69 and CIFAR-conv models, seeded training."""
 
-from mmstore import register_trainer
+from mmstore import register_group_trainer, register_trainer
 
 from workloads.batched import batched_forward, stack_params, unstack_params
 from workloads.datasets import DatasetError, DatasetRef, read_dataset, write_dataset, write_datasets
@@ -17,11 +17,12 @@ from workloads.models import (
     seeded_model,
 )
 from workloads.simulator import simulate_cycle
-from workloads.training import TrainRecipe, evaluate, train, train_from_bytes, train_stacked
+from workloads.training import TrainRecipe, evaluate, train, train_from_bytes, train_group, train_stacked
 
 # Registered here rather than with a decorator in workloads.training: stored provenance records pin
 # that module's source digest. Importing workloads.training always runs this package first.
 register_trainer(train_from_bytes)
+register_group_trainer(train_group)
 
 __all__ = [
     "FFNN",
@@ -37,6 +38,7 @@ __all__ = [
     "TrainRecipe",
     "train",
     "train_stacked",
+    "train_group",
     "evaluate",
     "stack_params",
     "unstack_params",

@@ -7,7 +7,7 @@ depend on global RNG state, thread count or nondeterministic kernels.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+from torch.func import functional_call, grad, vmap
 
 from workloads.batched import batched_forward
 from workloads.datasets import decode_arrays
 
-__all__ = ["TrainRecipe", "train", "train_from_bytes", "train_stacked", "evaluate", "deterministic_torch"]
+__all__ = ["TrainRecipe", "train", "train_from_bytes", "train_stacked", "train_group", "evaluate", "deterministic_torch"]
 
 
 class TrainRecipe(BaseModel):
@@ -37,10 +38,10 @@ class TrainRecipe(BaseModel):
 
 
 @contextmanager
-def deterministic_torch(threads: int, deterministic: bool = True) -> Iterator[None]:
-    """Pin torch's thread count and deterministic-algorithms flag, restoring both afterwards."""
+def deterministic_torch(threads: int | None, deterministic: bool = True) -> Iterator[None]:
+    """Pin torch's thread count (None: keep it) and deterministic-algorithms flag, restoring both afterwards."""
     old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads or old_threads)
     torch.use_deterministic_algorithms(deterministic)
     try:
         yield
@@ -118,6 +119,47 @@ def train_stacked(
             loss.backward()
             optimiser.step()
     return {k: v.detach() for k, v in leaves.items()}
+
+
+def train_group(
+    template: nn.Module, stacked: Mapping[str, torch.Tensor], datasets: Sequence[bytes], recipe: dict
+) -> dict[str, torch.Tensor]:
+    """Train k models together: stacked (k, ...) parameters, k datasets of one shape, one recipe.
+
+    Each step is one vmapped gradient of every model's own loss and one Adam update of the stacked
+    tensors, so a model's result does not depend on the others in its group. Torch's thread count is
+    the caller's: provenance records it with the grouping.
+    """
+    plan = TrainRecipe(**recipe)
+    xs, ys = _group_arrays(datasets)
+    names = {name for name, _ in template.named_parameters()}
+    chosen = [k for k in stacked if k in names and (plan.trainable is None or k.startswith(plan.trainable))]
+    if not chosen:
+        raise ValueError(f"no parameter of {type(template).__name__} starts with any of {plan.trainable}")
+    leaves = {k: stacked[k].detach().clone() for k in chosen}
+    fixed = {k: v for k, v in stacked.items() if k not in leaves}
+    objective = template.objective
+
+    def loss(params: dict, others: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return _loss(objective, functional_call(template, {**params, **others}, (x,)), y)
+
+    step_grads = vmap(grad(loss))
+    with deterministic_torch(None, plan.deterministic):
+        # Adam is elementwise: one optimiser over stacked tensors updates each model on its own.
+        optimiser = torch.optim.Adam(list(leaves.values()), lr=plan.learning_rate, foreach=False)
+        for idx in _batches(xs.shape[1], plan):
+            for name, g in step_grads(leaves, fixed, xs[:, idx], ys[:, idx]).items():
+                leaves[name].grad = g
+            optimiser.step()
+    return {k: (leaves[k] if k in leaves else v).detach() for k, v in stacked.items()}
+
+
+def _group_arrays(datasets: Sequence[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
+    arrays = [decode_arrays(data) for data in datasets]
+    shapes = {(a["x"].shape, a["y"].shape) for a in arrays}
+    if len(shapes) != 1:
+        raise ValueError(f"a training group needs datasets of one shape, got {sorted(shapes)[:3]}; group models by it")
+    return torch.from_numpy(np.stack([a["x"] for a in arrays])), torch.from_numpy(np.stack([a["y"] for a in arrays]))
 
 
 def evaluate(model: nn.Module, dataset: Mapping[str, np.ndarray]) -> float:

@@ -21,9 +21,11 @@ from envs.fingerprint import capture
 from mmstore import Settings, Store
 from mmstore.cli import main
 from mmstore.errors import EnvironmentMismatchError, MMStoreError, NotFoundError
+from mmstore.groups import plan_groups
 from mmstore.replay import ReplayJob, ReplayTask, run_jobs
 from workloads.datasets import encode_arrays
 
+from ..grouped_fleet import group_jobs, random_arrays
 from ..provenance_fleet import RECIPES, TRAINER, initial_set, retrain
 from .conftest import TIMINGS
 
@@ -146,6 +148,18 @@ def test_docker_executor_matches_local_replay_and_overhead(dockerd, replay_image
     TIMINGS["in-process replay, 4 models"] = time.perf_counter() - start
     assert np.array_equal(in_container, here)
     print("\nreplay image timings (s):", {k: round(v, 2) for k, v in TIMINGS.items()})
+
+
+def test_grouped_training_in_the_image_is_bit_identical_to_the_host(dockerd, replay_image, replay_settings):
+    """Groups of a mixed full/partial cycle (one group of one), trained in a container from plain files, give the host's bits."""
+    base = initial_set(7, seed=12)
+    plan = {m: "full" if m < 4 else "partial" for m in range(7)}
+    rng = np.random.default_rng(12)
+    task, jobs = group_jobs(base, plan, {m: random_arrays(rng, 40) for m in plan}, plan_groups(plan, 2))
+    assert task.groups == (2, 2, 1, 2)
+    executor = DockerExecutor(replay_image, docker_host=dockerd.address, force=True, settings=replay_settings)
+    executor.check(_with_image(replay_image))
+    assert np.array_equal(executor.replay(task, jobs), run_jobs(task, jobs))
 
 
 def test_unreachable_engine_says_what_to_do():

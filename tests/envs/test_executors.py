@@ -12,9 +12,11 @@ from envs.executors import LocalExecutor, shutdown
 from envs.fingerprint import capture
 from mmstore import Settings
 from mmstore.errors import EnvironmentMismatchError
+from mmstore.groups import plan_groups
 from mmstore.replay import ReplayJob, ReplayTask, run_jobs
 from workloads.datasets import encode_arrays
 
+from ..grouped_fleet import group_jobs, random_arrays
 from ..provenance_fleet import RECIPES, TRAINER, initial_set
 
 
@@ -103,3 +105,18 @@ def test_one_worker_never_starts_a_process(no_workers):
     task, jobs, _ = _jobs(4)
     assert np.array_equal(LocalExecutor(workers=1).replay(task, jobs), run_jobs(task, jobs))
     assert executors._POOLS == {}
+
+
+def test_grouped_training_in_workers_is_bit_identical_to_this_process(no_workers, monkeypatch):
+    """Four groups of two (full and partial recipes) go to two worker processes, a whole group to each call."""
+    base = initial_set(8, seed=10)
+    plan = {m: "full" if m % 2 else "partial" for m in range(8)}
+    rng = np.random.default_rng(10)
+    task, jobs = group_jobs(base, plan, {m: random_arrays(rng, 40) for m in plan}, plan_groups(plan, 2))
+    assert task.groups == (2, 2, 2, 2)
+    here = run_jobs(task, jobs)
+    monkeypatch.setattr(executors, "_POOL_START_S", 0.0)
+    assert np.array_equal(LocalExecutor(workers=2).replay(task, jobs), here)
+    assert 2 in executors._POOLS
+    assert np.array_equal(LocalExecutor(workers=2).replay(task, jobs), here)  # every group in the workers
+    assert not np.array_equal(here, base.data[[job.model for job in jobs]])

@@ -84,3 +84,25 @@ def test_fleet_update_on_dask_trains_the_same_models(tmp_path):
     recovered = Store.open(str(tmp_path / "dask")).recover("fleet-0")
     assert recovered.equals(Store.open(str(tmp_path / "local")).recover("fleet-0"))
     assert 0 < int((recovered.data != base.data).any(axis=1).sum()) <= CELLS // 5
+
+
+@pytest.mark.parametrize("group_size", [0, 3])
+def test_fleet_update_trains_in_groups_or_per_model_and_replays_bit_exactly(tmp_path, group_size):
+    """A cycle of mixed full and partial retrains, grouped (groups of one recipe) or one model per call (no groups)."""
+    from mmstore.provenance_records import decode_changes
+
+    path = str(tmp_path / "store")
+    initial_store(path)
+    out = fleet_update(FleetUpdateParameters(store=path, approach="provenance", group_size=group_size,
+                                             full_fraction=0.1, partial_fraction=0.1))
+    store = Store.open(path)
+    manifest = store.manifest(out["id"])
+    changes = decode_changes(store.blobs.get(manifest.blobs["changes"]).tobytes(), out["id"], 1 << 20)
+    recipe_of = {entry.model: entry.recipe for entry in changes.models}
+    assert set(recipe_of.values()) == {"full", "partial"}
+    if group_size:
+        assert sorted(changes.groups.models()) == sorted(recipe_of)
+        assert all(2 <= len(g) <= group_size and len({recipe_of[m] for m in g}) == 1 for g in changes.groups.groups)
+    else:
+        assert changes.groups is None
+    assert Store.open(path).recover(out["id"], executor="local").equals(out["model_set"])

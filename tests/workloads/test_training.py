@@ -9,7 +9,7 @@ import torch
 
 from workloads import FFNN48, CifarConv, Fleet, TrainRecipe, evaluate, seeded_model, synthetic_images, train
 from workloads.datasets import encode_arrays
-from workloads.training import train_stacked
+from workloads.training import train_group, train_stacked
 
 SAMPLES = 400
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,3 +92,34 @@ def test_stacked_training_is_deterministic_and_moves_parameters(fleet):
 def test_conv_net_learns_synthetic_images():
     model = train(seeded_model(CifarConv, 0), synthetic_images(512, 1), TrainRecipe(epochs=3, batch_size=32))
     assert evaluate(model, synthetic_images(256, 2)) < 0.7  # chance is 0.9
+
+
+def _group(fleet, cells, recipe, samples=SAMPLES):
+    from workloads.batched import stack_params
+
+    with torch.device("meta"):
+        template = FFNN48()
+    stacked = stack_params([seeded_model(FFNN48, c) for c in cells])
+    datasets = [encode_arrays({k: v[:samples] for k, v in fleet.dataset_for(c, 1).items()}) for c in cells]
+    return train_group(template, stacked, datasets, recipe.model_dump(mode="json")), stacked
+
+
+def test_group_training_trains_each_model_on_its_own(fleet):
+    """A model's result does not depend on its group's other members; frozen layers keep their bits."""
+    recipe = TrainRecipe(epochs=1, seed=5, trainable=FFNN48.last_layers)
+    (a, start), (b, _) = _group(fleet, [0, 1, 2], recipe), _group(fleet, [0, 4, 5, 6], recipe)
+    for name in a:
+        assert torch.equal(a[name][0], b[name][0])
+        changed = not torch.equal(a[name], start[name])
+        assert changed == name.startswith(FFNN48.last_layers)
+
+
+def test_group_training_needs_datasets_of_one_shape(fleet):
+    from workloads.batched import stack_params
+
+    with torch.device("meta"):
+        template = FFNN48()
+    datasets = [encode_arrays({k: v[:n] for k, v in fleet.dataset_for(c, 1).items()}) for c, n in ((0, 40), (1, 50))]
+    with pytest.raises(ValueError, match="datasets of one shape"):
+        train_group(template, stack_params([seeded_model(FFNN48, c) for c in (0, 1)]), datasets,
+                    TrainRecipe(epochs=1).model_dump(mode="json"))
