@@ -9,6 +9,7 @@ once locally with `durable=False` (setup only) and copied object by object to S3
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import time
@@ -27,7 +28,7 @@ from mmstore.layout import Layout
 
 from .common import scratch_dir, write_results
 
-__all__ = ["CountingBackend", "device_set", "build_fleet", "device_time", "measure"]
+__all__ = ["CountingBackend", "HttpCounter", "device_set", "build_fleet", "device_time", "measure"]
 
 KWARGS = {"in_features": 4, "out_features": 2}
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -86,7 +87,20 @@ def build_fleet(store: Store, devices: int, versions: int, cells: int = 1, seed:
     return saved
 
 
-def measure(url: str, devices: int, versions: int, **options: Any) -> dict[str, dict[str, float]]:
+class HttpCounter(logging.Handler):
+    """Counts the HTTP requests moto's server logs (one line each), silently."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """One request served."""
+        self.count += 1
+
+
+def measure(url: str, devices: int, versions: int, http: HttpCounter | None = None,
+            **options: Any) -> dict[str, dict[str, float]]:
     """Requests and seconds of each query on a freshly opened store (median seconds of 5 runs)."""
     rng = np.random.default_rng(0)
     queries = {
@@ -101,11 +115,13 @@ def measure(url: str, devices: int, versions: int, **options: Any) -> dict[str, 
         for _ in range(1 if name == "rebuild()" else 5):
             counting = CountingBackend(Store.open(url, Settings(durable=False), **options).backend)
             catalog = Catalog(Store(counting, Settings(durable=False)))
-            start = time.perf_counter()
+            served, start = http.count if http else 0, time.perf_counter()
             query(catalog)
             seconds.append(time.perf_counter() - start)
-            requests.append(counting.total)
-        results[name] = {"requests": max(requests), "seconds": statistics.median(seconds)}
+            requests.append((counting.total, http.count - served if http else None))
+        results[name] = {"requests": max(r for r, _ in requests), "seconds": statistics.median(seconds)}
+        if http:
+            results[name]["http_requests"] = max(h for _, h in requests)
     return results
 
 
@@ -134,6 +150,11 @@ def main() -> None:
         Catalog(store).rebuild()
         print(f"{args.devices * args.versions} sets written and catalogued in {time.perf_counter() - start:.1f} s")
         results = {"sets": args.devices * args.versions, "local": measure(local, args.devices, args.versions)}
+        http = HttpCounter()
+        werkzeug = logging.getLogger("werkzeug")
+        werkzeug.addHandler(http)
+        werkzeug.setLevel(logging.INFO)
+        werkzeug.propagate = False
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         try:
@@ -141,12 +162,13 @@ def main() -> None:
             options = {"key": "bench", "secret": "bench", "client_kwargs": {"endpoint_url": endpoint}}
             s3fs.S3FileSystem(**options).mkdir("catalog-bench")
             _copy_to_s3(local, "s3://catalog-bench/store", options)
-            results["s3"] = measure("s3://catalog-bench/store", args.devices, args.versions, **options)
+            results["s3"] = measure("s3://catalog-bench/store", args.devices, args.versions, http, **options)
         finally:
             server.stop()
     for where in ("local", "s3"):
         for name, figure in results[where].items():
-            print(f"{where:6} {name:18} {figure['requests']:6d} requests  {figure['seconds']:.3f} s")
+            http = f" ({figure['http_requests']} HTTP)" if "http_requests" in figure else ""
+            print(f"{where:6} {name:18} {figure['requests']:6d} requests{http}  {figure['seconds']:.3f} s")
     write_results("catalog", results)
 
 
