@@ -7,7 +7,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -16,7 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from . import fleet_cli, probe_cli
+from . import fleet_cli, lifecycle_cli, probe_cli
+from .cli_output import emit as _emit
 from .errors import MMStoreError, NotFoundError
 from .plugins import EXECUTORS
 from .settings import Settings
@@ -33,13 +34,6 @@ def progress(items: Sequence[Any], label: str) -> Iterable[Any]:
     # Only on a terminal: elsewhere a bar is noise, and an interrupted one leaves a blank line before the error.
     with Progress(*columns, console=_err, transient=True, disable=len(items) < 2 or not _err.is_terminal) as bar:
         yield from bar.track(items, total=len(items))
-
-
-def _emit(args: argparse.Namespace, data: Any, render: Callable[[Any], None]) -> None:
-    if args.json:
-        print(json.dumps(data, indent=2, sort_keys=True))
-    else:
-        render(data)
 
 
 def _cell(value: Any) -> str:
@@ -88,6 +82,7 @@ def cmd_verify(store: Store, args: argparse.Namespace) -> None:
     repaired = _repair(store, args)
     if not args.set:
         store.verify_lineages()
+        store.verify_aliases()
     for set_id in progress(ids, "verifying"):
         store.verify(set_id)
     orphans = store.unreferenced()
@@ -116,30 +111,6 @@ def cmd_du(store: Store, args: argparse.Namespace) -> None:
     _emit(args, data, lambda d: (_table(d["sets"], ["short", "approach", "bytes"]), print(
         f"total {d['total']} bytes in sets; {d['unreferenced']} bytes unreferenced (`mmstore gc` removes them)"
     )))
-
-
-def cmd_gc(store: Store, args: argparse.Namespace) -> None:
-    """Remove blobs no set references, stale temporary files and unfinished uploads older than the grace period."""
-    report = store.collect_garbage(_duration(args.grace), dry_run=args.dry_run)
-    data = {"dry_run": report.dry_run, "blobs": report.blobs, "blob_bytes": report.blob_bytes,
-            "temp_files": report.temp_files, "temp_bytes": report.temp_bytes, "uploads": report.uploads,
-            "restored": report.restored, "kept_within_grace": report.young, "freed": report.freed}
-    verb = "would free" if report.dry_run else "freed"
-    _emit(args, data, lambda d: print(
-        f"{verb} {d['freed']} bytes: {d['blobs']} blob(s), {d['temp_files']} temporary file(s), "
-        f"{d['uploads']} unfinished upload(s); {d['kept_within_grace']} unreferenced blob(s) kept within the grace period"
-    ))
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def _duration(text: str) -> float:
-    """Seconds from `90`, `90s`, `30m`, `24h`, `14d` or `2w`."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", text.strip())
-    if not match:
-        raise MMStoreError(f"--grace {text!r} is not a duration; give e.g. 0, 90s, 30m, 24h, 14d or 2w")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
 def cmd_export(store: Store, args: argparse.Namespace) -> None:
@@ -178,7 +149,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, arg in [
         ("ls", cmd_ls, None), ("show", cmd_show, "set"), ("log", cmd_log, "set"),
-        ("verify", cmd_verify, "set?"), ("du", cmd_du, None), ("export", cmd_export, "set"), ("gc", cmd_gc, None),
+        ("verify", cmd_verify, "set?"), ("du", cmd_du, None), ("export", cmd_export, "set"),
     ]:
         p = sub.add_parser(name, help=func.__doc__, description=func.__doc__, parents=[common])
         if arg:
@@ -187,9 +158,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     verify = sub.choices["verify"]
     verify.add_argument("--repair", action="store_true", help="rewrite damaged or missing blobs from the store given by --from")
     verify.add_argument("--from", dest="source", help="a store with healthy copies (a backup or a replica)")
-    gc = sub.choices["gc"]
-    gc.add_argument("--grace", default="24h", help="only what is older than this (default: %(default)s; e.g. 0, 30m, 14d)")
-    gc.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
+    lifecycle_cli.register(sub, common)
     export = sub.choices["export"]
     export.add_argument("--out", required=True, help="directory to write the files into")
     export.add_argument("--models", help="comma-separated model indices (default: all)")

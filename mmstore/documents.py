@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 
+from .aliases import Aliases
 from .backend import Backend
 from .blobs import BlobStore, check_id
 from .diff import DIGEST_SIZE
@@ -33,6 +34,7 @@ class StoreDocuments:
         self._manifests: dict[str, Manifest] = {}
         self._arch_docs: dict[str, ArchDocument] = {}
         self._is_store = False
+        self.aliases = Aliases(self)
 
     def mark(self) -> None:
         """Write the store's marker if it has none (a save calls this before writing anything else)."""
@@ -45,7 +47,7 @@ class StoreDocuments:
         if self._is_store:
             return
         if self.backend.exists(MARKER):
-            marker = parse_json(self._bounded(MARKER, MAX_DOCUMENT_BYTES, "the store's marker"), f"{MARKER} of {self.backend.url}")
+            marker = parse_json(self.bounded(MARKER, MAX_DOCUMENT_BYTES, "the store's marker"), f"{MARKER} of {self.backend.url}")
             version = marker.get("format_version") if isinstance(marker, dict) else None
             if isinstance(version, int) and version > FORMAT_VERSION:
                 raise NewerFormatError(
@@ -63,7 +65,7 @@ class StoreDocuments:
         key = f"refs/{lineage}"
         if not self.backend.exists(key):
             return None
-        text = self._bounded(key, _REF_BYTES, f"lineage {lineage!r}").decode("ascii", "replace").removesuffix("\n")
+        text = self.bounded(key, _REF_BYTES, f"lineage {lineage!r}").decode("ascii", "replace").removesuffix("\n")
         return check_id(text, f"lineage {lineage!r} in {self.backend.url} points at")
 
     def set_ids(self) -> list[str]:
@@ -75,8 +77,12 @@ class StoreDocuments:
         """The verified, parsed manifest of a set."""
         if set_id not in self._manifests:
             key = f"sets/{check_id(set_id, 'set id')}.json"
-            self._manifests[set_id] = Manifest.decode(set_id, self._bounded(key, MAX_DOCUMENT_BYTES, f"the manifest of set {set_id[:12]}"))
+            self._manifests[set_id] = Manifest.decode(set_id, self.bounded(key, MAX_DOCUMENT_BYTES, f"the manifest of set {set_id[:12]}"))
         return self._manifests[set_id]
+
+    def current(self, set_id: str) -> Manifest:
+        """The manifest a set id names now: the set's own or, for a re-based set, the one its aliases lead to."""
+        return self.aliases.follow(set_id)
 
     def remember_manifest(self, manifest: Manifest) -> None:
         """Cache a manifest this process just wrote."""
@@ -90,7 +96,7 @@ class StoreDocuments:
         """The manifest of a set's base, checked to hold as many models of the same layout."""
         if manifest.base is None:
             raise FormatError(f"set {manifest.id[:12]} is derived but names no base; the store was forged or damaged")
-        base = self.manifest(manifest.base)
+        base = self.current(manifest.base)
         same_arch = base.arch.id == manifest.arch.id or self.arch_document(base).layout == self.arch_document(manifest).layout
         if base.n_models != manifest.n_models or not same_arch:
             raise FormatError(
@@ -118,7 +124,8 @@ class StoreDocuments:
         manifest.data.check(manifest.n_models, doc.layout)
         return doc
 
-    def _bounded(self, key: str, limit: int, what: str) -> bytes:
+    def bounded(self, key: str, limit: int, what: str) -> bytes:
+        """The object at `key`, refused unread if it is larger than `limit`."""
         if self.backend.size(key) > limit:
             raise FormatError(f"{what} in {self.backend.url} is larger than it can be; the store was forged or damaged")
         return self.backend.get(key)

@@ -48,6 +48,9 @@ class Lifecycle:
         except InUseError:
             self.backend.move(aside, key)
             raise
+        # Nothing derives from the set through its old ids either: they go with it.
+        for old_id in self.documents.aliases.pointing_at(set_id):
+            self.documents.aliases.remove(old_id)
         for name, head in self.lineages().items():
             if head == set_id:
                 self._retarget_lineage(name, set_id, manifest.base)
@@ -58,7 +61,10 @@ class Lifecycle:
         return freed
 
     def _refuse_dependents(self, set_id: str) -> None:
-        dependents = [info.id[:12] for info in self.list() if info.base == set_id]
+        present = set(self.documents.set_ids())
+        aliases = self.documents.aliases
+        dependents = [info.id[:12] for info in self.list() if info.base is not None and (
+            info.base == set_id or (info.base not in present and aliases.leads_to(info.base, set_id)))]
         if dependents:
             raise InUseError(f"set {set_id[:12]} is the base of {', '.join(dependents)}; delete those first (newest first)")
 
@@ -105,19 +111,36 @@ class Lifecycle:
                     f"move it to a valid set or delete refs/{name}"
                 ) from None
 
+    def verify_aliases(self) -> None:
+        """Every alias must parse, carry the manifest its name is the digest of, and lead to a set with that content.
+
+        An alias whose set was deleted leads nowhere; that is an error only for a set that needs it.
+        """
+        for old_id in self.documents.aliases.names():
+            try:
+                self.documents.current(old_id)
+            except NotFoundError:
+                self.documents.aliases.read(old_id)
+
     def unreferenced(self) -> GcReport:
         """What garbage collection with no grace period would remove now: orphaned blobs and temporary files."""
         return collect(self, 0.0, dry_run=True)
+
+    def size(self, set_id: str) -> int:
+        """Bytes this set adds to the store: its manifest plus blobs no set in its chain holds already."""
+        chain = self.log(set_id)
+        older = {ref.id for info in chain[1:] for ref in self._refs(self.manifest(info.id))}
+        own = {ref.id for ref in self._refs(self.manifest(chain[0].id))} - older
+        manifest_bytes = self.backend.size(f"sets/{chain[0].id}.json")
+        return manifest_bytes + sum(self.blobs.stored_size(blob_id) for blob_id in own)
 
     def sizes(self) -> dict[str, int]:
         """What every set adds to the store (as `size` computes it), in one walk over all chains."""
         infos = {info.id: info for info in self.list()}
         children: dict[str | None, list[str]] = {}
         for info in infos.values():
-            if info.base is not None and info.base not in infos:
-                raise NotFoundError(f"set {info.id[:12]} derives from {info.base[:12]}, which is missing; "
-                                    "the store is damaged: run `mmstore verify` and restore it from a backup")
-            children.setdefault(info.base, []).append(info.id)
+            base = info.base if info.base is None or info.base in infos else self._aliased_base(info)
+            children.setdefault(base, []).append(info.id)
         held: Counter[str] = Counter()  # blobs the sets on the path from a root to here reference
         sizes: dict[str, int] = {}
         stack: list[tuple[str, bool]] = [(set_id, True) for set_id in children.get(None, [])]
@@ -133,3 +156,11 @@ class Lifecycle:
             stack.append((set_id, False))
             stack.extend((child, True) for child in children.get(set_id, []))
         return sizes
+
+    def _aliased_base(self, info) -> str:
+        """The id a set's re-based base has now."""
+        try:
+            return self.documents.current(info.base).id
+        except NotFoundError:
+            raise NotFoundError(f"set {info.id[:12]} derives from {info.base[:12]}, which is missing; "
+                                "the store is damaged: run `mmstore verify` and restore it from a backup") from None

@@ -11,12 +11,14 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, JsonValue
 
+from .aliases import content_of
 from .approaches import RecoveryContext, get_approach
 from .backend import Backend, open_backend
 from .blobs import BlobRef, BlobStore
 from .digest import digest_bytes
 from .documents import StoreDocuments
 from .lifecycle import Lifecycle
+from .rebase import Rebasing
 from .errors import ArchitectureError, ConflictError, FormatError, IntegrityError, MMStoreError, NotFoundError
 from .manifest import LINEAGE_PATTERN, ArchDocument, Manifest, canonical_json
 from .modelset import ModelSet
@@ -45,7 +47,7 @@ class SetInfo(BaseModel):
     meta: dict[str, JsonValue]
 
 
-class Store(Lifecycle):
+class Store(Lifecycle, Rebasing):
     """Model sets on one backend: a local directory, s3://bucket/prefix or memory://name."""
 
     def __init__(self, backend: Backend, settings: Settings | None = None, clock: Callable[[], str] = _utc_now):
@@ -90,27 +92,32 @@ class Store(Lifecycle):
         if if_head is not None and head != if_head:
             raise ConflictError(f"lineage {lineage!r} no longer points at {if_head[:12]}; read it again and retry")
         base_id = self.resolve(base) if base else head
-        base_manifest = self.manifest(base_id) if base_id else None
+        # The head may have been re-based since it was read: its id then leads to the new set.
+        base_manifest = self.documents.current(base_id) if base_id else None
         arch_doc = canonical_json(ArchDocument(arch=model_set.arch, layout=model_set.layout))
         if base_manifest is not None and digest_bytes(arch_doc) != base_manifest.arch.id:
             self._check_same_architecture(model_set, base_manifest)
         self.documents.mark()
+        fields = {"base": base_id, "lineage": lineage, "created": self._clock(), "meta": meta or {}}
+        set_id = self._commit(model_set, approach, base_manifest, arch_doc, fields, **options).id
+        if lineage:
+            self._move_lineage(lineage, head, set_id)
+        return set_id
+
+    def _commit(self, model_set: ModelSet, approach: str, base: Manifest | None, arch_doc: bytes,
+                fields: dict[str, Any], **options: Any) -> Manifest:
+        """Write the set's blobs, then its manifest (the commit), then re-check the blobs."""
         with self.blobs.journal() as written:
             arch_ref = self.blobs.put(arch_doc)
-            encoded = get_approach(approach).save(model_set, base_manifest, self, **options)
-            manifest = Manifest(
-                approach=approach, arch=arch_ref, n_models=len(model_set), base=base_id, lineage=lineage,
-                created=self._clock(), meta=meta or {}, data=encoded.document,
-            )
+            encoded = get_approach(approach).save(model_set, base, self, **options)
+            manifest = Manifest(approach=approach, arch=arch_ref, n_models=len(model_set), data=encoded.document, **fields)
             set_id, data = manifest.encode()
             self.backend.put(f"sets/{set_id}.json", data, exclusive=True)
             # A concurrent gc may have collected a blob this save found present or wrote before the commit:
             # checked after the commit, each is either there or written again (docs/architecture.md).
             self.blobs.ensure(written)
         self.documents.remember_manifest(manifest)
-        if lineage:
-            self._move_lineage(lineage, head, set_id)
-        return set_id
+        return manifest
 
     def _check_same_architecture(self, model_set: ModelSet, base: Manifest) -> None:
         # The source digest may change with harmless edits; the factory, kwargs and layout may not.
@@ -149,8 +156,11 @@ class Store(Lifecycle):
             raise NotFoundError(f"{str(ref)[:80]!r} names no set; give a set id, a unique id prefix or a lineage")
         head = self.documents.ref(ref) if _LINEAGE.fullmatch(ref) else None
         if head:
-            return head
+            return self.documents.current(head).id
         matches = [name for name in self.documents.set_ids() if name.startswith(ref)]
+        if not matches:  # the id a set had before it was re-based
+            aliased = [name for name in self.documents.aliases.names() if name.startswith(ref)]
+            matches = sorted({self.documents.current(name).id for name in aliased})
         if len(matches) == 1:
             return matches[0]
         if not matches:
@@ -187,9 +197,7 @@ class Store(Lifecycle):
         """Hold a set the caller has in memory (checked against its content digest) for deltas against it."""
         set_id = self.resolve(set_id)
         manifest = self.manifest(set_id)
-        data = manifest.data
-        content = getattr(data, "content", None) or data.params.id
-        if len(model_set) != manifest.n_models or digest_bytes(model_set.data) != content:
+        if len(model_set) != manifest.n_models or digest_bytes(model_set.data) != content_of(manifest):
             raise IntegrityError(f"the models given are not the content of set {set_id[:12]}; pass that set's models")
         self.remember(set_id, model_set.data)
 
@@ -220,6 +228,7 @@ class Store(Lifecycle):
         ids = [self.resolve(set_id)] if set_id else [info.id for info in self.list()]
         if set_id is None:
             self.verify_lineages()
+            self.verify_aliases()
         for sid in ids:
             manifest = self.manifest(sid)
             doc = self.arch_document(manifest)
@@ -264,20 +273,13 @@ class Store(Lifecycle):
         """The set and its bases, newest first, down to the root."""
         chain, current, seen = [], self.resolve(set_id), set()
         while current:
-            if current in seen:  # ids are digests of manifests naming their base: only a forgery cycles
+            manifest = self.documents.current(current)  # a re-based base is followed to its new id
+            if manifest.id in seen:  # ids are digests of manifests naming their base: only a forgery cycles
                 raise FormatError(f"the chain of set {set_id[:12]} loops; the store was forged")
-            seen.add(current)
-            chain.append(self.info(current))
-            current = chain[-1].base
+            seen.add(manifest.id)
+            chain.append(self.info(manifest.id))
+            current = manifest.base
         return chain
-
-    def size(self, set_id: str) -> int:
-        """Bytes this set adds to the store: its manifest plus blobs no set in its chain holds already."""
-        chain = self.log(set_id)
-        older = {ref.id for info in chain[1:] for ref in self._refs(self.manifest(info.id))}
-        own = {ref.id for ref in self._refs(self.manifest(chain[0].id))} - older
-        manifest_bytes = self.backend.size(f"sets/{chain[0].id}.json")
-        return manifest_bytes + sum(self.blobs.stored_size(blob_id) for blob_id in own)
 
     @staticmethod
     def _refs(manifest: Manifest) -> list[BlobRef]:

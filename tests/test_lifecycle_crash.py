@@ -37,8 +37,8 @@ PROVENANCE_SETTINGS = Settings(trusted_modules=("tests",))
 TEMP_NAME = re.compile(r".+\.tmp-[0-9a-f]{32}")
 
 SPAWNER = r"""
-import json, os, sys, traceback
-from tests import test_lifecycle_crash as jobs
+import importlib, json, os, sys, traceback
+jobs = importlib.import_module(sys.argv[1])
 import tests.provenance_fleet  # imported once here, not in every child
 print("ready", flush=True)
 for line in sys.stdin:
@@ -160,12 +160,12 @@ def provenance_plan(seed: int, depth: int) -> dict[int, str]:
 
 
 class Spawner:
-    """A process that imported mmstore once and forks a child per job; children are killed with SIGKILL."""
+    """A process that imported mmstore once and forks a child per job (`job_<name>` of module `jobs`); children are killed with SIGKILL."""
 
-    def __init__(self) -> None:
+    def __init__(self, jobs: str = __name__) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                "AWS_DEFAULT_REGION": "us-east-1"}
-        self.proc = subprocess.Popen([sys.executable, "-c", SPAWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-c", SPAWNER, jobs], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      cwd=ROOT, env=env, text=True)
         assert self._reply() == "ready"
 
