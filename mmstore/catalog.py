@@ -189,13 +189,13 @@ class Catalog:
         """From `head` back along the lineage's chain to a set in `known`: (that set's index + 1, newer versions)."""
         found, current, seen = [], head, set()
         while current is not None and current not in known:
-            if current in seen:
-                raise FormatError(f"the chain of lineage {lineage!r} loops; the store was forged")
-            seen.add(current)
-            manifest = self.store.manifest(current)
-            if manifest.lineage != lineage:
-                current = None  # the chain continues into a foreign base: not a version
+            manifest = self.store.documents.current(current)  # a re-based set is followed to its new id
+            if manifest.id in known or manifest.lineage != lineage:
+                current = manifest.id if manifest.id in known else None  # a foreign base is not a version
                 break
+            if manifest.id in seen:
+                raise FormatError(f"the chain of lineage {lineage!r} loops; the store was forged")
+            seen.add(manifest.id)
             found.append((version_time(manifest), manifest.id))
             current = manifest.base
         return (known[current] + 1 if current is not None else 0), found[::-1]
@@ -211,7 +211,7 @@ class Catalog:
         try:
             if index is None:
                 first = self._confirmed(lineage, *versions[0])
-                return first is not None and (first.base is None or self.store.manifest(first.base).lineage != lineage)
+                return first is not None and (first.base is None or self.store.documents.current(first.base).lineage != lineage)
             chosen = self._confirmed(lineage, *versions[index])
             after = self._confirmed(lineage, *versions[index + 1]) if index + 1 < len(versions) else None
             return chosen is not None and (index + 1 == len(versions) or (after is not None and after.base == chosen.id))

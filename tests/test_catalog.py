@@ -14,6 +14,7 @@ import pytest
 
 from bench.catalog import CountingBackend, build_fleet, device_set, device_time
 from mmstore import Store
+from mmstore.retention import RetentionPolicy
 from mmstore.catalog import HEADS_KEY, Catalog, to_time, version_time
 from mmstore.cli import main
 from mmstore.errors import ConflictError, FormatError, MMStoreError, NewerFormatError, NotFoundError
@@ -320,3 +321,17 @@ def test_fleet_commands(small_fleet, capsys):
     _forge(store, HEADS_KEY, b"{")
     code, _, err = run(capsys, "--store", store.url, "fleet", "ls")
     assert code == 1 and "mmstore fleet rebuild" in " ".join(err.split())
+
+
+def test_prune_rebases_sets_and_refresh_follows_them(small_fleet):
+    store, expected = small_fleet
+    store.prune("car-0001", RetentionPolicy(keep_last=2), grace=None)
+    catalog = Catalog(Store.open(store.url, FAST))
+    kept = truth(store)["car-0001"]
+    assert len(kept) == 2 and kept[-1][0] == expected["car-0001"][-1][0]
+    assert catalog.at("car-0001", kept[0][0]).id == kept[0][1]  # the catalog's old ids are stale: answered anew
+    catalog.refresh("car-0001")
+    assert [(v.time, v.id) for v in catalog.versions("car-0001")] == kept
+    incremental = catalog_bytes(store)
+    catalog.rebuild()
+    assert catalog_bytes(store) == incremental
