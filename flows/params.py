@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 import mmstore.approaches  # noqa: F401  (registers the built-in approaches)
 from mmstore.groups import MAX_GROUP_MODELS
 from mmstore.plugins import APPROACHES, EXECUTORS
+from mmstore.retention import RetentionPolicy
 
 __all__ = ["FleetUpdateParameters", "RecoverParameters", "ScenarioParameters", "MaintenanceParameters", "Approach", "ExecutorName"]
 
@@ -61,13 +62,47 @@ class ScenarioParameters(BaseModel):
 
 
 class MaintenanceParameters(BaseModel):
-    """Weekly upkeep of a store: garbage collection and a sampled verification."""
+    """Weekly upkeep of a store: retention per lineage, garbage collection and a sampled verification."""
 
     store: str = Field("./mmstore-data/update", description="Store URL")
     grace_hours: float = Field(24.0, ge=0, description="Only garbage older than this is removed (hours)")
     verify_sample: int = Field(10, ge=0, description="Sets verified byte for byte besides every lineage's head")
     seed: int = Field(0, description="Seed of the sample")
-    dry_run: bool = Field(False, description="Report what garbage collection would free, free nothing")
+    dry_run: bool = Field(False, description="Report what pruning and garbage collection would free, change nothing")
+    lineages: str = Field("*", description="Lineages the retention policy applies to (a glob, e.g. fleet-*)")
+    retention: RetentionPolicy = Field(
+        default_factory=RetentionPolicy, description="Sets of each lineage to keep (the head always; empty: keep everything)"
+    )
+
+
+def inbox_location(store: str, inbox: str | None) -> str:
+    """Where devices leave their bundles: beside the store unless given."""
+    return inbox or store.rstrip("/") + "-inbox"
+
+
+class IngestParameters(BaseModel):
+    """Bring the bundles devices pushed into the store: each a new version of its device's lineage."""
+
+    store: str = Field("./mmstore-data/fleet", description="Store URL: a directory, file://, or s3://bucket/prefix")
+    inbox: str | None = Field(None, description="Inbox URL the devices push to (default: the store URL + '-inbox')")
+    batches: int = Field(8, ge=1, le=64, description="How many ingest tasks the waiting devices are split into")
+
+
+class FleetSimParameters(BaseModel):
+    """A simulated fleet: devices retrain their drifted cells every day and push bundles; ingest runs meanwhile."""
+
+    store: str = Field("./mmstore-data/fleet", description="Store URL: a directory, file://, or s3://bucket/prefix")
+    inbox: str | None = Field(None, description="Inbox URL (default: the store URL + '-inbox')")
+    devices: int = Field(4, ge=1, le=10_000, description="How many devices (one lineage each)")
+    cells: int = Field(20, ge=1, le=10_000, description="Cells (models) per device")
+    days: int = Field(3, ge=1, le=3650, description="Simulated days; every device retrains and pushes once a day")
+    seed: int = Field(0, description="Fleet seed: same seed, same models and data")
+    arch: Literal["ffnn48", "ffnn69"] = "ffnn48"
+    full_fraction: float = Field(0.05, ge=0, le=1, description="Share of a device's models retrained fully per day")
+    partial_fraction: float = Field(0.05, ge=0, le=1, description="Share retrained in their last layer per day")
+    processes: int = Field(2, ge=1, le=64, description="Device processes the devices are spread over")
+    batches: int = Field(8, ge=1, le=64, description="Ingest tasks per ingest run")
+    ingest_every: float = Field(1.0, gt=0, description="Wall seconds between ingest runs (one simulated hour)")
 
 
 __all__ += ["FleetAsOfParameters"]

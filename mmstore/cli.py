@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from . import fleet_cli, lifecycle_cli, probe_cli
+from . import device_cli, fleet_cli, lifecycle_cli, probe_cli
 from .cli_output import emit as _emit
 from .errors import MMStoreError, NotFoundError
 from .plugins import EXECUTORS
@@ -167,6 +167,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
                         "recorded one, else in the pinned image the set was trained in)")
     probe_cli.register(sub, common)
     fleet_cli.register(sub, common)
+    device_cli.register(sub, common)
     return parser
 
 

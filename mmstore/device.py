@@ -62,11 +62,10 @@ class Push:
 class Device:
     """One device: its lineage in the store (read only) and its inbox (write only)."""
 
-    def __init__(self, name: str, store: Store, inbox: Backend):
+    def __init__(self, name: str, store: Store, inbox: Backend | None, base: ModelSet | None = None,
+                 base_set: str | None = None, depth: int = 0):
         self.name, self.store, self.inbox = name, store, inbox
-        self.base: ModelSet | None = None
-        self.base_set: str | None = None
-        self.depth = 0
+        self.base, self.base_set, self.depth = base, base_set, depth
 
     def pull(self) -> ModelSet:
         """The newest version the store holds for this device; it becomes the base of the next push."""
@@ -75,8 +74,11 @@ class Device:
         self.depth = 0
         return self.base
 
-    def push(self, models: ModelSet, device_time: str | None = None, kind: str = "auto") -> Push:
-        """Send `models` (retrained from the base) as one bundle; it becomes the base of the next push."""
+    def push(self, models: ModelSet, device_time: str | None = None, kind: str = "auto", dry_run: bool = False) -> Push:
+        """Send `models` (retrained from the base) as one bundle; it becomes the base of the next push.
+
+        With `dry_run`, only say what would be sent.
+        """
         if self.base is None:
             raise MMStoreError(f"device {self.name} has no base models; pull before pushing")
         if models.layout != self.base.layout or len(models) != len(self.base):
@@ -96,6 +98,8 @@ class Device:
             raise MMStoreError(f"unknown bundle kind {kind!r}; choose auto, delta or full")
         data = encoded[chosen]
         key = pending_key(self.name, digest_bytes(data))
+        if dry_run or self.inbox is None:
+            return Push(key, chosen, len(data), len(encoded["full"]), choice)
         self.inbox.put(key, data, exclusive=True)  # atomic: an interrupted upload leaves no object under this name
         self.base, self.base_set = models, None
         self.depth = 0 if chosen == "full" else self.depth + 1

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 
 from .aliases import content_of
 from .approaches import RecoveryContext, get_approach
+from .auto import AUTO, choose_approach
 from .backend import Backend, open_backend
 from .blobs import BlobRef, BlobStore
 from .digest import digest_bytes
@@ -83,7 +84,8 @@ class Store(Lifecycle, Rebasing):
     ) -> str:
         """Store `model_set` and return its id; with `lineage`, move that name to the new set.
 
-        With a lineage and no base, the set derives from the lineage's newest set. With `if_head`,
+        With a lineage and no base, the set derives from the lineage's newest set; `approach="auto"`
+        lets the cost model choose (`mmstore.costmodel`). With `if_head`,
         the lineage moves only from that set (else ConflictError). Blobs are written first and the
         manifest last: the manifest write is the commit. `options` go to the approach (the
         provenance approach takes `provenance=`).
@@ -94,6 +96,9 @@ class Store(Lifecycle, Rebasing):
         base_id = self.resolve(base) if base else head
         # The head may have been re-based since it was read: its id then leads to the new set.
         base_manifest = self.documents.current(base_id) if base_id else None
+        if approach == AUTO:
+            approach = choose_approach(model_set, base_manifest, self, options).chosen
+            options = {k: v for k, v in options.items() if k != "provenance" or approach == "provenance"}
         arch_doc = canonical_json(ArchDocument(arch=model_set.arch, layout=model_set.layout))
         if base_manifest is not None and digest_bytes(arch_doc) != base_manifest.arch.id:
             self._check_same_architecture(model_set, base_manifest)

@@ -2,7 +2,8 @@
 
 A snapshot stores every row plus the per-tensor digest table. A delta stores the change mask, the
 new digests of changed tensors (so the next version finds its changes without reading parameters)
-and the changed bytes. Chains are cut by a snapshot when they grow too deep or a delta too large.
+and the changed bytes. Chains are cut by a snapshot when they grow deeper than `max_chain_depth` or
+than the cost model lets a version recover in time, or when a delta grows too large.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import Field, TypeAdapter
 
 from .. import codecs
 from ..blobs import BlobRef, Hex64
+from ..costmodel import max_delta_depth
 from ..diff import DIGEST_SIZE, Delta, apply, diff, restrict, tensor_digests
 from ..digest import digest_bytes
 from ..errors import FormatError, IntegrityError
@@ -108,7 +110,8 @@ class Update:
         content = _work_pool().submit(digest_bytes, model_set.data)
         digests = tensor_digests(model_set.data, model_set.layout)
         delta = diff(model_set.data, digests, self._digest_table(base, model_set.layout, store), model_set.layout)
-        if delta.nbytes > store.settings.max_delta_fraction * model_set.nbytes:
+        too_deep = base.data.depth + 1 > max_delta_depth(model_set.nbytes, delta.nbytes, store.settings)
+        if delta.nbytes > store.settings.max_delta_fraction * model_set.nbytes or too_deep:
             return self._snapshot(model_set, digests, store)
         return self._delta(model_set, delta, base, content.result(), store)
 

@@ -1,0 +1,38 @@
+"""Tasks that bring device bundles into the store: list them in batches, ingest a batch, index the results."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from prefect import task
+
+from mmstore import Settings, Store
+from mmstore.catalog import Catalog
+from mmstore.backend import open_backend
+from mmstore.ingest import ingest, pending
+
+__all__ = ["pending_batches", "ingest_batch", "index_versions"]
+
+# Rows of every device a batch touches stay at hand between its bundles: a device's next bundle is a delta on them.
+_CACHED_SETS = 4096
+
+
+@task(name="pending-batches", retries=2, retry_delay_seconds=1)
+def pending_batches(inbox_url: str, batches: int) -> list[dict[str, list[str]]]:
+    """The waiting bundles in at most `batches` groups, each device's bundles in one group (one LIST)."""
+    devices = list(pending(open_backend(inbox_url)).items())
+    size = max(1, -(-len(devices) // batches))
+    return [dict(devices[i : i + size]) for i in range(0, len(devices), size)]
+
+
+@task(name="ingest-batch")
+def ingest_batch(store_url: str, inbox_url: str, batch: dict[str, list[str]]) -> list[dict]:
+    """Apply one batch of devices' bundles to their lineages; what became of each bundle."""
+    store = Store.open(store_url, Settings(cache_sets=_CACHED_SETS))
+    return [asdict(outcome) for outcome in ingest(store, open_backend(inbox_url), batch)]
+
+
+@task(name="index-versions", retries=2, retry_delay_seconds=1)
+def index_versions(store_url: str, set_ids: list[str]) -> int:
+    """Add the new versions to the fleet catalog; how many lineages moved."""
+    return len(Catalog(Store.open(store_url)).record(set_ids)) if set_ids else 0

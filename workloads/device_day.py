@@ -1,0 +1,77 @@
+"""One simulated day on a device: find the drifted cells on the newest data and retrain them locally."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from mmstore import ModelSet, Store
+from mmstore.backend import open_backend
+from mmstore.device import Device
+from mmstore.digest import digest_bytes
+from workloads.drift import model_errors, select_updates
+from workloads.fleet import Fleet
+from workloads.models import ARCHITECTURES
+from workloads.training import TrainRecipe, train_stacked
+
+__all__ = ["DayResult", "retrain_day", "device_worker"]
+
+
+@dataclass(frozen=True)
+class DayResult:
+    """The retrained models of a day, which cells were retrained how, and their data's bytes."""
+
+    models: ModelSet
+    full: tuple[int, ...]
+    partial: tuple[int, ...]
+    data_nbytes: int
+
+
+def retrain_day(models: ModelSet, fleet: Fleet, first_cell: int, day: int, arch: str,
+                full_fraction: float, partial_fraction: float) -> DayResult:
+    """Retrain the worst cells fully and the next worst in their last layer, each group in one batched run."""
+    cls = ARCHITECTURES[arch]
+    cells = np.arange(first_cell, first_cell + len(models))
+    data = fleet.cycle_data(day, cells)
+    errors = model_errors(cls, models.tensors(), data["x"], data["y"])
+    full, partial = select_updates(errors, full_fraction, partial_fraction)
+    rows = models.data.copy()
+    for picked, trainable in ((full, None), (partial, tuple(cls.last_layers))):
+        if len(picked):
+            stacked = {name: t[picked] for name, t in models.tensors().items()}
+            trained = train_stacked(cls, stacked, data["x"][picked], data["y"][picked], TrainRecipe(seed=day, trainable=trainable))
+            rows[picked] = ModelSet.from_stacked(trained, models.arch, models.layout).data
+    used = np.concatenate([full, partial]).astype(int)
+    nbytes = int(data["x"][used].nbytes + data["y"][used].nbytes)
+    return DayResult(ModelSet(models.arch, models.layout, rows), tuple(map(int, full)), tuple(map(int, partial)), nbytes)
+
+
+def device_worker(store_url: str, inbox_url: str, devices: list[tuple[str, int]], days: int, seed: int, arch: str,
+                  start: datetime, fractions: tuple[float, float], results) -> None:
+    """Simulate `devices` (name, first cell) for `days` days: pull once, then retrain and push every day.
+
+    Each push is reported on `results` as a dict; a failure is reported as {"error": ...} and ends the worker.
+    """
+    try:
+        store, inbox = Store.open(store_url), open_backend(inbox_url)
+        fleet = Fleet(seed, 0, ARCHITECTURES[arch])
+        clients = {name: Device(name, store, inbox) for name, _ in devices}
+        held = {name: clients[name].pull() for name, _ in devices}
+        for day in range(1, days + 1):
+            for name, first_cell in devices:
+                result = retrain_day(held[name], fleet, first_cell, day, arch, *fractions)
+                when = (start + timedelta(days=day)).isoformat()
+                push = clients[name].push(result.models, when)
+                held[name] = result.models
+                results.put({"device": name, "day": day, "time": when, "content": digest_bytes(result.models.data),
+                             "kind": push.kind, "bytes": push.nbytes, "full_bytes": push.full_nbytes,
+                             "delta_bytes": _option(push, "delta"), "data_bytes": result.data_nbytes,
+                             "retrained": len(result.full) + len(result.partial)})
+    except Exception as exc:  # the parent reports it; a worker's traceback would be lost in its process
+        results.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def _option(push, name: str) -> int:
+    return next(o.wire_bytes for o in push.choice.options if o.name == name)
