@@ -24,12 +24,13 @@ __all__ = ["Rebasing"]
 class Rebasing:
     """Retention (`prune`) and chain compaction (`compact`) of a `Store`'s lineages."""
 
-    def prune(self, lineage: str, policy: RetentionPolicy, dry_run: bool = False, grace: float = DEFAULT_GRACE) -> PruneReport:
+    def prune(self, lineage: str, policy: RetentionPolicy, dry_run: bool = False,
+              grace: float | None = DEFAULT_GRACE) -> PruneReport:
         """Remove the sets of a lineage's chain the policy does not keep, then collect garbage older than `grace` s.
 
         A set that stays (kept, or outside the chain) and derives from a removed one is first re-based
         into a snapshot with the same content; its old id stays resolvable through an alias. Sets any
-        lineage points at are always kept.
+        lineage points at are always kept. With `grace=None` the caller collects garbage (once for many lineages).
         """
         chain = self._chain_of(lineage)
         heads = set(self.lineages().values())
@@ -51,7 +52,7 @@ class Rebasing:
                 report.in_use.append(set_id)
             except NotFoundError:  # deleted by another writer meanwhile
                 continue
-        report.gc = self.collect_garbage(grace)
+        report.gc = None if grace is None else self.collect_garbage(grace)
         return report
 
     def compact(self, lineage: str, max_depth: int | None = None, dry_run: bool = False) -> CompactReport:
