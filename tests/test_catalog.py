@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import random
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -129,19 +130,26 @@ def test_heads_and_at_take_at_most_five_requests_with_2000_sets(tmp_path):
     assert counting.total <= 5
 
 
-def test_catalog_on_s3(s3_options):
+def test_catalog_on_s3_with_concurrent_writers(s3_options):
     url = f"s3://{make_s3_bucket(s3_options)}/store"
     store = Store.open(url, FAST, **s3_options)
-    saved = build_fleet(store, 6, 3)
-    catalog = Catalog(store)
-    catalog.record([store.lineages()["car-0001"]])  # no catalog yet: the first record catalogues every lineage
+    store.save(device_set(2, 0), lineage="car-0-0", meta={"device_time": device_time(0, 0)})
+    Catalog(store).rebuild()
+    writers = [threading.Thread(target=_record_versions, args=(url, w, 3), kwargs=s3_options) for w in range(3)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(120)
+    heads = Catalog(store).heads()
+    assert len(heads) == 6 and all(h.versions == 3 for name, h in heads.items() if name != "car-0-0")
+    assert heads["car-0-0"].versions == 4  # its first version was saved before the writers started
     incremental = catalog_bytes(store)
-    catalog.rebuild()
+    Catalog(store).rebuild()
     assert catalog_bytes(store) == incremental
     reader, counting = fresh(store, **s3_options)
-    assert set(reader.heads()) == set(saved) and counting.total <= 5
+    assert set(reader.heads()) == set(heads) and counting.total <= 5
     reader, counting = fresh(store, **s3_options)
-    assert reader.at("car-0004", device_time(4, 1)).time == to_time(device_time(4, 1)) and counting.total <= 5
+    assert reader.at("car-1-1", device_time(1, 1)).time == to_time(device_time(1, 1)) and counting.total <= 5
 
 
 @pytest.fixture
@@ -224,8 +232,8 @@ def test_heads_verify_answers_a_forged_head_from_the_manifests(small_fleet):
     assert catalog.heads(verify=True)["car-0000"].head == expected["car-0000"][-1][1]
 
 
-def _record_versions(url: str, worker: int, versions: int) -> None:
-    store = Store.open(url, FAST)
+def _record_versions(url: str, worker: int, versions: int, **options) -> None:
+    store = Store.open(url, FAST, **options)
     catalog = Catalog(store)
     for version in range(versions):
         for lineage in range(2):
