@@ -25,13 +25,12 @@ from .blobs import blob_key
 from .errors import FormatError, MMStoreError, NotFoundError
 from .manifest import MAX_DOCUMENT_BYTES, Manifest
 
-__all__ = ["GcReport", "collect", "referenced_blobs", "TRASH"]
+__all__ = ["GcReport", "collect", "referenced_blobs", "restore_set_aside", "TRASH"]
 
 TRASH = "trash"
 _BLOB = re.compile(r"blobs/([0-9a-f]{2})/([0-9a-f]{62})")
 _TEMP = re.compile(r".+\.tmp-[0-9a-f]{32}")
 _TRASHED = re.compile(TRASH + r"/[0-9a-f]{32}-([0-9a-f]{64})")
-_SET_ASIDE = re.compile(TRASH + r"/[0-9a-f]{32}-set-([0-9a-f]{64})\.json")
 _SET_ASIDE_NAME = re.compile(r"[0-9a-f]{32}-set-([0-9a-f]{64})\.json")
 
 
@@ -97,6 +96,19 @@ def _manifest(store, set_id: str, aside: str | None):
         return None
 
 
+def restore_set_aside(store) -> int:
+    """Put back the manifests deletions moved aside (one that stopped half way comes back whole); how many.
+
+    A deletion still running removes its manifest again after its own check, so this is safe at any time.
+    """
+    moved = 0
+    for name in store.backend.list(TRASH):
+        aside = _SET_ASIDE_NAME.fullmatch(name)
+        if aside and store.backend.move(f"{TRASH}/{name}", f"sets/{aside.group(1)}.json"):
+            moved += 1
+    return moved
+
+
 def collect(store, grace: float, dry_run: bool = False, now: float | None = None) -> GcReport:
     """Remove unreferenced blobs, temporary files and unfinished uploads older than `grace` seconds."""
     store.documents.require()
@@ -138,11 +150,10 @@ def _sweep(store, candidates, leftovers, report: GcReport) -> None:
         if store.backend.move(entry.key, f"{TRASH}/{run}-{blob_id}"):
             trashed.append((f"{TRASH}/{run}-{blob_id}", blob_id, entry.size))
     for entry in leftovers:
-        found, aside = _TRASHED.fullmatch(entry.key), _SET_ASIDE.fullmatch(entry.key)
+        found = _TRASHED.fullmatch(entry.key)
         if found:
             trashed.append((entry.key, found.group(1), entry.size))
-        elif aside:  # a deletion that stopped half way: the set comes back, whole, and may be deleted again
-            store.backend.move(entry.key, f"sets/{aside.group(1)}.json")
+    restore_set_aside(store)
     live = referenced_blobs(store)
     for trash_key, blob_id, size in trashed:
         if blob_id in live:

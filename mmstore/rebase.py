@@ -6,19 +6,38 @@ leaves every kept set recoverable, is in docs/architecture.md ("Pruning and comp
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Literal
 
+from pydantic import BaseModel, ConfigDict
+
+from .blobs import Hex64
 from .errors import ConflictError, InUseError, MMStoreError, NotFoundError
+from .gc import restore_set_aside
 from .lifecycle import DEFAULT_GRACE
-from .manifest import MAX_DOCUMENT_BYTES, Manifest
+from .manifest import MAX_DOCUMENT_BYTES, LineageName, Manifest, canonical_json, parse_document, parse_json
 from .modelset import ModelSet
 from .retention import CompactReport, PruneReport, RetentionPolicy, parse_created, select_kept
 
 if TYPE_CHECKING:
     from .store import SetInfo
 
-__all__ = ["Rebasing"]
+__all__ = ["Rebasing", "PrunePlan", "PLANS"]
+
+PLANS = "plans"
+_PLAN = re.compile(r"[0-9a-f]{32}\.json")
+
+
+class PrunePlan(BaseModel):
+    """The sets a running prune removes, newest first, so that a later prune finishes the work after a crash."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", regex_engine="python-re")
+
+    schema_version: Literal[1] = 1
+    lineage: LineageName
+    remove: tuple[Hex64, ...]
 
 
 class Rebasing:
@@ -32,6 +51,8 @@ class Rebasing:
         into a snapshot with the same content; its old id stays resolvable through an alias. Sets any
         lineage points at are always kept. With `grace=None` the caller collects garbage (once for many lineages).
         """
+        if not dry_run:
+            self._finish_plans(lineage)
         chain = self._chain_of(lineage)
         heads = set(self.lineages().values())
         kept = select_kept([(info.id, parse_created(info.created, info.id)) for info in chain], policy)
@@ -44,16 +65,44 @@ class Rebasing:
         if dry_run:
             report.rebased = dict.fromkeys(needing)
             return report
+        # The plan outlives a crash: once a removed set is gone, the older ones are no longer on the chain.
+        plan = f"{PLANS}/{uuid.uuid4().hex}.json"
+        self.backend.put(plan, canonical_json(PrunePlan(lineage=lineage, remove=tuple(report.removed))), exclusive=True)
         report.rebased = self._rebase_all(needing, lambda set_id: self._kept_ancestor(set_id, doomed))
-        for set_id in report.removed:  # newest first: a set goes only once nothing derives from it
-            try:
-                report.manifest_bytes += self.delete(set_id)
-            except InUseError:  # a set derived from it meanwhile: it stays, and so do its bases
-                report.in_use.append(set_id)
-            except NotFoundError:  # deleted by another writer meanwhile
-                continue
+        report.manifest_bytes, report.in_use = self._remove(report.removed)
+        self.backend.delete(plan)
         report.gc = None if grace is None else self.collect_garbage(grace)
         return report
+
+    def _remove(self, set_ids: Sequence[str], planned_for: str | None = None) -> tuple[int, list[str]]:
+        """Delete the sets, newest first (a set goes only once nothing derives from it); bytes freed, sets in use.
+
+        Sets read from a plan (`planned_for` its lineage) are deleted only if they were saved into that
+        lineage and no lineage points at them: a forged plan cannot remove another lineage's sets.
+        """
+        freed, in_use, heads = 0, [], set(self.lineages().values())
+        for set_id in set_ids:
+            try:
+                if planned_for is not None and (self.manifest(set_id).lineage != planned_for or set_id in heads):
+                    continue
+                freed += self.delete(set_id)
+            except InUseError:  # a set derived from it meanwhile: it stays, and so do its bases
+                in_use.append(set_id)
+            except NotFoundError:  # deleted already
+                continue
+        return freed, in_use
+
+    def _finish_plans(self, lineage: str) -> None:
+        """Complete what an earlier prune of the lineage planned and did not finish."""
+        restore_set_aside(self)  # a deletion that stopped half way comes back, to be deleted again
+        for name in self.backend.list(PLANS):
+            if _PLAN.fullmatch(name):
+                what = f"the prune plan {PLANS}/{name}"
+                raw = self.documents.bounded(f"{PLANS}/{name}", MAX_DOCUMENT_BYTES, what)
+                doc = parse_document(PrunePlan, parse_json(raw, what), what)
+                if doc.lineage == lineage:
+                    self._remove(doc.remove, planned_for=lineage)
+                    self.backend.delete(f"{PLANS}/{name}")
 
     def compact(self, lineage: str, max_depth: int | None = None, dry_run: bool = False) -> CompactReport:
         """Snapshot the sets of a lineage's chain that are more than `max_depth` steps from a snapshot.
@@ -76,6 +125,7 @@ class Rebasing:
         return report
 
     def _chain_of(self, lineage: str) -> list[SetInfo]:
+        """The lineage's chain, newest first, and on below a set re-based onto nothing by a prune that stopped early."""
         if self._lineage_head(lineage) is None:
             raise NotFoundError(f"there is no lineage {lineage!r} in {self.url}; list lineages with `mmstore ls`")
         return self.log(lineage)

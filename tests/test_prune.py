@@ -15,10 +15,12 @@ from mmstore.cli import main
 from mmstore.errors import FormatError, InUseError, MMStoreError, NewerFormatError, NotFoundError
 from mmstore.layout import Layout
 from mmstore.manifest import canonical_json
+from mmstore.rebase import PrunePlan
 from mmstore.retention import RetentionPolicy, select_kept
 
 from .archs import Small
 from .conftest import TEST_SETTINGS
+from .faults import HookedBackend
 
 LAYOUT = Layout.of(Small().state_dict())
 ARCH = ArchSpec(factory="tests.archs:Small")
@@ -176,6 +178,37 @@ def test_a_set_derived_from_a_kept_set_during_prune_is_kept(local_store):
     report = local_store.prune("fleet", RetentionPolicy(keep_last=1), grace=0)
     assert set_id in report.rebased
     check_recovers(local_store.url, {list(saved)[-1]: list(saved.values())[-1], set_id: extra})
+
+
+class Stop(BaseException):
+    """Where a forced crash stops an operation."""
+
+
+def test_a_prune_plan_left_by_a_crash_is_finished_and_a_forged_one_is_bounded(tmp_path):
+    url = str(tmp_path / "store")
+    saved = build_lineage(url, 12, 6)
+    other = build_lineage(url, 13, 2, name="other")
+    ids = list(saved)
+
+    def stop(real, *args, **kwargs):
+        raise Stop
+
+    # The fourth deletion: after the re-based set's old manifest and the newest removed set are gone.
+    crashing = Store(HookedBackend(Store.open(url, TEST_SETTINGS).backend, "delete", 4, stop), TEST_SETTINGS)
+    with pytest.raises(Stop):
+        crashing.prune("fleet", RetentionPolicy(keep_last=2), grace=0)
+    store = Store.open(url, TEST_SETTINGS)
+    # Two removed sets are off the chain, a third lies in the trash, moved aside by the stopped deletion.
+    assert len(store.log("fleet")) == 2 and len(store.list()) == 6 and store.backend.list("trash")
+    forged = PrunePlan(lineage="fleet", remove=tuple(other))
+    store.backend.put(f"plans/{'a' * 32}.json", canonical_json(forged), exclusive=True)
+    Store.open(url, TEST_SETTINGS).prune("fleet", RetentionPolicy(keep_last=2), grace=0)
+    store = check_recovers(url, {ids[4]: saved[ids[4]], ids[5]: saved[ids[5]], **other})
+    assert len(store.list()) == 4 and store.backend.list("plans") == []  # the other lineage's sets were not touched
+    store.backend.put(f"plans/{'b' * 32}.json", b'{"schema_version": 1, "lineage": "fleet", "remove": ["../x"]}',
+                      exclusive=True)
+    with pytest.raises(FormatError, match="prune plan"):
+        store.prune("fleet", RetentionPolicy(keep_last=1))
 
 
 # -- compact ----------------------------------------------------------------------------------------

@@ -208,7 +208,9 @@ def _kill_repeatedly(spawner, tmp_path: Path, operation: str, iterations: int, s
         OPERATIONS[operation](Store.open(str(root), FAST))
         final = check(str(root), expected)
         final.collect_garbage(grace=0)
-        assert trash_and_temps(final) == [] and final.unreferenced().freed == 0
+        assert trash_and_temps(final) == [] and final.backend.list("plans") == [] and final.unreferenced().freed == 0
+        # Nothing a stopped prune meant to remove is left over.
+        assert {info.id for info in final.list()} == {final.resolve(set_id) for set_id in expected}
         check(str(root), expected)
     return unfinished
 
