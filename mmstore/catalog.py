@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .blobs import check_id
 from .catalog_documents import CATALOG_VERSION, Head, HeadsDocument, LineageDocument, Version, to_time, version_time
-from .errors import ConflictError, FormatError, MMStoreError, NewerFormatError, NotFoundError
+from .errors import ConflictError, FormatError, MMStoreError, NewerFormatError, NotFoundError, StorageError
 from .manifest import LINEAGE_PATTERN, MAX_DOCUMENT_BYTES, Manifest, canonical_json, parse_document, parse_json
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ __all__ = ["Catalog", "Version", "Head", "HEADS_KEY", "to_time", "version_time"]
 HEADS_KEY = "catalog/heads.json"
 _LINEAGE = re.compile(LINEAGE_PATTERN)
 _REF_BYTES = 65  # a set id, perhaps with a newline
+_READS = 5
 _REBUILD = "rebuild it with `mmstore fleet rebuild`"
 
 
@@ -249,14 +250,22 @@ class Catalog:
 
     def _read(self, key: str, what: str, limit: int = MAX_DOCUMENT_BYTES) -> bytes | None:
         """The object's bytes (None if absent), read in one request and never more than `limit` of them."""
-        try:
-            with self.backend.open(key) as file:
-                chunks, total = [], 0
-                while total <= limit and (chunk := file.read(limit + 1 - total)):
-                    chunks.append(chunk)
-                    total += len(chunk)
-        except NotFoundError:
-            return None
+        for attempt in range(_READS):
+            try:
+                with self.backend.open(key) as file:
+                    chunks, total = [], 0
+                    while total <= limit and (chunk := file.read(limit + 1 - total)):
+                        chunks.append(chunk)
+                        total += len(chunk)
+                break
+            except NotFoundError:
+                return None
+            except StorageError:
+                # On S3 an open is a HEAD and the read a GET of that ETag: a writer replacing the
+                # object in between fails the GET, and reading again finds the new object.
+                if attempt + 1 == _READS:
+                    raise
+                self._pause(attempt)
         if total > limit:
             raise FormatError(f"{what} in {self.backend.url} is larger than it can be; the store was forged or damaged")
         return b"".join(chunks)
