@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows import local_run_settings
 from flows.params import IngestParameters, inbox_location
-from tasks.ingest import index_versions, ingest_batch, pending_batches
+from tasks.ingest import index_versions, ingest_batch, pending_batches, sweep
 
 __all__ = ["fleet_ingest", "main"]
 
@@ -30,8 +30,10 @@ def fleet_ingest(params: IngestParameters = IngestParameters()) -> dict:
     outcomes = [outcome for future in futures for outcome in future.result()]
     committed = [o["set_id"] for o in outcomes if o["status"] == "committed"]
     index_versions(params.store, committed)
+    seconds = time.perf_counter() - start
+    swept = sweep(inbox, params.grace_hours, params.quarantine_days)
     report = {"counts": dict(Counter(o["status"] for o in outcomes)), "bytes": sum(o["nbytes"] for o in outcomes),
-              "seconds": time.perf_counter() - start, "quarantined": [o for o in outcomes if o["status"] == "quarantined"]}
+              "seconds": seconds, "swept": swept, "quarantined": [o for o in outcomes if o["status"] == "quarantined"]}
     create_markdown_artifact(_markdown(report), key="fleet-ingest", description=f"Ingest into {params.store}")
     get_run_logger().info("ingested %s in %.1f s", report["counts"], report["seconds"])
     return report
@@ -41,8 +43,10 @@ def _markdown(report: dict) -> str:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(report["counts"].items())) or "no bundles waiting"
     rows = "\n".join(f"| `{o['device']}` | `{o['key'].rsplit('/', 1)[-1][:12]}` | {o['reason']} |" for o in report["quarantined"])
     table = f"\n\n| device | bundle | reason |\n|---|---|---|\n{rows}\n" if rows else "\n"
-    return (f"## Fleet ingest\n\n- {counts}; {report['bytes']:,} bytes of bundles read in {report['seconds']:.1f} s"
-            f"{table}")
+    swept = report["swept"]
+    return (f"## Fleet ingest\n\n- {counts}; {report['bytes']:,} bytes of bundles read in {report['seconds']:.1f} s\n"
+            f"- inbox swept: {swept['unfinished']} unfinished upload(s), {swept['quarantined']} expired quarantine file(s), "
+            f"{swept['nbytes']:,} bytes{table}")
 
 
 def main(argv: list[str] | None = None) -> None:

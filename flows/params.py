@@ -86,6 +86,8 @@ class IngestParameters(BaseModel):
     store: str = Field("./mmstore-data/fleet", description="Store URL: a directory, file://, or s3://bucket/prefix")
     inbox: str | None = Field(None, description="Inbox URL the devices push to (default: the store URL + '-inbox')")
     batches: int = Field(8, ge=1, le=64, description="How many ingest tasks the waiting devices are split into")
+    grace_hours: float = Field(24.0, ge=0, description="Unfinished uploads older than this are removed (hours)")
+    quarantine_days: float = Field(30.0, ge=0, description="Rejected bundles and their reasons are kept this long (days)")
 
 
 class FleetSimParameters(BaseModel):

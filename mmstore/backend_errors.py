@@ -48,7 +48,8 @@ def _check_url(url: str, protocol: str, rest: str) -> None:
 def _fail_fast(protocol: str, options: dict[str, Any]) -> dict[str, Any]:
     if protocol not in ("s3", "s3a"):
         return options
-    return {**options, "config_kwargs": {**_s3_fail_fast(), **options.get("config_kwargs", {})}}
+    # Other writers add objects at any time; s3fs answers `info` and `exists` from a cached listing, which would hide them.
+    return {"use_listings_cache": False, **options, "config_kwargs": {**_s3_fail_fast(), **options.get("config_kwargs", {})}}
 
 
 def open_filesystem(url: str, protocol: str, rest: str, options: dict[str, Any]) -> tuple[Any, str]:

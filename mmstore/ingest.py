@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,8 +27,9 @@ from .manifest import LINEAGE_PATTERN, Manifest
 from .modelset import ModelSet
 from .store import Store
 
-__all__ = ["Outcome", "pending", "ingest", "ingest_device", "quarantine_key", "RECENT_VERSIONS"]
+__all__ = ["Outcome", "Swept", "pending", "ingest", "ingest_device", "quarantine_key", "sweep_inbox", "RECENT_VERSIONS"]
 
+_QUARANTINED = re.compile(r"quarantine/[^/]+/[0-9a-f]{64}\.(mmb|json)")
 _PENDING = re.compile(r"pending/(?P<device>[^/]+)/(?P<digest>[0-9a-f]{64})" + re.escape(BUNDLE_SUFFIX))
 _DEVICE = re.compile(LINEAGE_PATTERN)
 # How far back a stale or repeated bundle is looked for: a device is at most this many versions behind.
@@ -224,3 +226,30 @@ def _quarantine(inbox: Backend, device: str, key: str, reason: str) -> Outcome:
     inbox.put(target.removesuffix(BUNDLE_SUFFIX) + ".json", json.dumps(note).encode(), exclusive=False)
     inbox.move(key, target)
     return Outcome(key, device, "quarantined", reason=reason)
+
+
+@dataclass(frozen=True)
+class Swept:
+    """What a sweep of the inbox removed: unfinished uploads and quarantined bundles past their keeping time."""
+
+    unfinished: int
+    quarantined: int
+    nbytes: int
+
+
+def sweep_inbox(inbox: Backend, grace: float, keep_quarantined: float, now: float | None = None) -> Swept:
+    """Remove what is not a bundle below `pending/` after `grace` seconds, and quarantined ones after `keep_quarantined`.
+
+    Waiting bundles are never removed: only ingest takes them, by committing or quarantining them.
+    """
+    now = time.time() if now is None else now
+    unfinished = quarantined = nbytes = 0
+    for entry in inbox.scan("pending") + inbox.scan("quarantine"):
+        if _QUARANTINED.fullmatch(entry.key):
+            if entry.mtime < now - keep_quarantined:
+                inbox.delete(entry.key)
+                quarantined, nbytes = quarantined + 1, nbytes + entry.size
+        elif not _PENDING.fullmatch(entry.key) and entry.mtime < now - grace:
+            inbox.delete(entry.key)
+            unfinished, nbytes = unfinished + 1, nbytes + entry.size
+    return Swept(unfinished + inbox.abort_uploads(now - grace), quarantined, nbytes)

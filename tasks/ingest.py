@@ -9,9 +9,9 @@ from prefect import task
 from mmstore import Settings, Store
 from mmstore.catalog import Catalog
 from mmstore.backend import open_backend
-from mmstore.ingest import ingest, pending
+from mmstore.ingest import ingest, pending, sweep_inbox
 
-__all__ = ["pending_batches", "ingest_batch", "index_versions"]
+__all__ = ["pending_batches", "ingest_batch", "index_versions", "sweep"]
 
 # Rows of every device a batch touches stay at hand between its bundles: a device's next bundle is a delta on them.
 _CACHED_SETS = 4096
@@ -36,3 +36,9 @@ def ingest_batch(store_url: str, inbox_url: str, batch: dict[str, list[str]]) ->
 def index_versions(store_url: str, set_ids: list[str]) -> int:
     """Add the new versions to the fleet catalog; how many lineages moved."""
     return len(Catalog(Store.open(store_url)).record(set_ids)) if set_ids else 0
+
+
+@task(name="sweep-inbox", retries=2, retry_delay_seconds=1)
+def sweep(inbox_url: str, grace_hours: float, quarantine_days: float) -> dict:
+    """Remove unfinished uploads past the grace period and quarantined bundles past their keeping time."""
+    return asdict(sweep_inbox(open_backend(inbox_url), grace_hours * 3600, quarantine_days * 86400))

@@ -203,3 +203,13 @@ def test_a_fleet_on_s3_round_trips(s3_options):
     assert fleet.open().recover("car-0").equals(models) and pending(fleet.inbox) == {}
     assert pending_key("car-0", push.key.rsplit("/", 1)[1][:-4]) == push.key
 
+
+
+def test_a_reader_sees_what_another_writer_committed_after_it_listed(s3_options):
+    bucket = make_s3_bucket(s3_options)
+    # Two filesystem objects, as two processes have: neither sees the other's writes in its own caches.
+    reader, writer = (Store.open(f"s3://{bucket}/store", TEST_SETTINGS, **s3_options, skip_instance_cache=True) for _ in range(2))
+    writer.save(small_set(2, seed=1), lineage="a")
+    assert len(reader.list()) == 1  # the reader has listed sets/ once
+    new = writer.save(small_set(2, seed=2), lineage="a")
+    assert reader.resolve("a") == new and reader.recover("a").equals(small_set(2, seed=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -50,7 +51,7 @@ def retrain_day(models: ModelSet, fleet: Fleet, first_cell: int, day: int, arch:
 
 def device_worker(store_url: str, inbox_url: str, devices: list[tuple[str, int]], days: int, seed: int, arch: str,
                   start: datetime, fractions: tuple[float, float], results) -> None:
-    """Simulate `devices` (name, first cell) for `days` days: pull once, then retrain and push every day.
+    """Simulate `devices` (name, first cell) for `days` days: pull once, then retrain and push every day something drifted.
 
     Each push is reported on `results` as a dict; a failure is reported as {"error": ...} and ends the worker.
     """
@@ -62,6 +63,8 @@ def device_worker(store_url: str, inbox_url: str, devices: list[tuple[str, int]]
         for day in range(1, days + 1):
             for name, first_cell in devices:
                 result = retrain_day(held[name], fleet, first_cell, day, arch, *fractions)
+                if not result.full and not result.partial:
+                    continue  # nothing drifted: nothing to send
                 when = (start + timedelta(days=day)).isoformat()
                 push = clients[name].push(result.models, when)
                 held[name] = result.models
@@ -69,8 +72,8 @@ def device_worker(store_url: str, inbox_url: str, devices: list[tuple[str, int]]
                              "kind": push.kind, "bytes": push.nbytes, "full_bytes": push.full_nbytes,
                              "delta_bytes": _option(push, "delta"), "data_bytes": result.data_nbytes,
                              "retrained": len(result.full) + len(result.partial)})
-    except Exception as exc:  # the parent reports it; a worker's traceback would be lost in its process
-        results.put({"error": f"{type(exc).__name__}: {exc}"})
+    except Exception:  # the parent reports it; a worker's traceback would be lost in its process
+        results.put({"error": traceback.format_exc()})
 
 
 def _option(push, name: str) -> int:
