@@ -121,11 +121,13 @@ def deployments(server, worker) -> dict[str, dict]:
 
 
 def test_prefect_yaml_deploys_every_flow_to_the_process_pool(deployments):
-    assert set(deployments) == {"fleet-update", "recover-model-set", "fleet-scenario", "store-maintenance"}
+    assert set(deployments) == {"fleet-update", "recover-model-set", "fleet-scenario", "store-maintenance", "fleet-as-of",
+                                "fleet-ingest", "fleet-sim"}
     assert {d["work_pool_name"] for d in deployments.values()} == {POOL}
     crons = [s["schedule"].get("cron") for s in deployments["fleet-update"]["schedules"]]
     assert crons == ["0 2 * * *"]
     assert [s["schedule"].get("cron") for s in deployments["store-maintenance"]["schedules"]] == ["0 3 * * 0"]
+    assert [s["schedule"].get("interval") for s in deployments["fleet-ingest"]["schedules"]] == [3600.0]
     fields = deployments[RECOVER]["parameter_openapi_schema"]["definitions"]["RecoverParameters"]["properties"]
     assert set(fields) == set(RecoverParameters.model_fields)
 
