@@ -26,7 +26,7 @@ def fleet_ingest(params: IngestParameters = IngestParameters()) -> dict:
     start = time.perf_counter()
     inbox = inbox_location(params.store, params.inbox)
     batches = pending_batches(inbox, params.batches)
-    futures = [ingest_batch.submit(params.store, inbox, batch) for batch in batches]
+    futures = [ingest_batch.submit(params.store, inbox, slot, batch) for slot, batch in batches.items()]
     outcomes = [outcome for future in futures for outcome in future.result()]
     committed = [o["set_id"] for o in outcomes if o["status"] == "committed"]
     index_versions(params.store, committed)

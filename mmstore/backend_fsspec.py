@@ -14,6 +14,8 @@ from .errors import ConflictError
 
 __all__ = ["FsspecBackend"]
 
+_ASK_FIRST_BYTES = 1 << 20
+
 
 class FsspecBackend:
     """Any fsspec filesystem; on S3, creates are conditional (`If-None-Match`) and swaps `If-Match`."""
@@ -33,7 +35,8 @@ class FsspecBackend:
         path = self._path(key)
         kwargs: dict[str, Any] = {"mode": "create"} if exclusive and self._is_s3 else {}
         with self._guard(key, "write"):
-            if exclusive and self.fs.exists(path):
+            # On S3 the create is conditional anyway; asking first only saves uploading what is large.
+            if exclusive and (not self._is_s3 or len(data) > _ASK_FIRST_BYTES) and self.fs.exists(path):
                 return False
             try:
                 self.fs.pipe_file(path, bytes(data), **kwargs)
@@ -76,9 +79,8 @@ class FsspecBackend:
         return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
     def delete(self, key: str) -> None:
-        with self._guard(key, "delete"):
-            if self.fs.exists(self._path(key)):
-                self.fs.rm_file(self._path(key))
+        with self._guard(key, "delete"), contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self._path(key))
 
     def swap(self, key: str, expected: bytes | None, new: bytes) -> None:
         path = self._path(key)

@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from .backend import Backend
+from .backend import Backend, Entry
 from .bundle import BUNDLE_SUFFIX, Bundle, apply_bundle, bundle_time, change_mask, parse_bundle
 from .errors import ConflictError, MMStoreError, NotFoundError
 from .manifest import LINEAGE_PATTERN, Manifest
@@ -65,36 +65,37 @@ def quarantine_key(device: str, digest: str) -> str:
     return f"quarantine/{device}/{digest}{BUNDLE_SUFFIX}"
 
 
-def pending(inbox: Backend) -> dict[str, list[str]]:
-    """The bundles waiting in the inbox, by device; other names (unfinished uploads) are not bundles."""
-    found: dict[str, list[str]] = {}
+def pending(inbox: Backend) -> dict[str, list[Entry]]:
+    """The bundles waiting in the inbox (key, size, time), by device, from one listing; other names are not bundles."""
+    found: dict[str, list[Entry]] = {}
     for entry in inbox.scan("pending"):
         match = _PENDING.fullmatch(entry.key)
         if match and _DEVICE.fullmatch(match["device"]):
-            found.setdefault(match["device"], []).append(entry.key)
-    return {device: sorted(keys) for device, keys in sorted(found.items())}
+            found.setdefault(match["device"], []).append(entry)
+    return {device: sorted(entries, key=lambda e: e.key) for device, entries in sorted(found.items())}
 
 
-def ingest(store: Store, inbox: Backend, devices: dict[str, list[str]]) -> list[Outcome]:
+def ingest(store: Store, inbox: Backend, devices: dict[str, list[Entry]]) -> list[Outcome]:
     """Ingest the given bundles, device after device."""
-    return [outcome for device, keys in devices.items() for outcome in ingest_device(store, inbox, device, keys)]
+    return [outcome for device, entries in devices.items() for outcome in ingest_device(store, inbox, device, entries)]
 
 
-def ingest_device(store: Store, inbox: Backend, device: str, keys: Iterable[str]) -> list[Outcome]:
+def ingest_device(store: Store, inbox: Backend, device: str, entries: Iterable[Entry]) -> list[Outcome]:
     """Apply one device's bundles to its lineage in the order their bases chain."""
-    keys = list(keys)
+    entries = list(entries)
     try:
         lineage = _open_lineage(store, device)
     except MMStoreError as exc:
-        return [_quarantine(inbox, device, key, f"device {device!r} has no usable lineage in the store ({exc})") for key in keys]
+        reason = f"device {device!r} has no usable lineage in the store ({exc})"
+        return [_quarantine(inbox, device, entry.key, reason) for entry in entries]
     outcomes, waiting = [], []
-    for key in keys:
+    for entry in entries:
         try:
-            waiting.append(_read(store, inbox, lineage, key))
+            waiting.append(_read(store, inbox, lineage, entry))
         except NotFoundError:
-            outcomes.append(Outcome(key, device, "duplicate", reason="taken by another ingest run"))
+            outcomes.append(Outcome(entry.key, device, "duplicate", reason="taken by another ingest run"))
         except MMStoreError as exc:
-            outcomes.append(_quarantine(inbox, device, key, str(exc)))
+            outcomes.append(_quarantine(inbox, device, entry.key, str(exc)))
     waiting.sort(key=lambda b: (b.header.device_time, b.digest))
     while waiting:
         bundle = next((b for b in waiting if b.header.base_content == _content(lineage.head)), None)
@@ -112,16 +113,20 @@ def _open_lineage(store: Store, device: str) -> _Lineage:
     return _Lineage(device, store.manifest(head_id), store.recover_rows(head_id))
 
 
-def _read(store: Store, inbox: Backend, lineage: _Lineage, key: str) -> Bundle:
+def _read(store: Store, inbox: Backend, lineage: _Lineage, entry: Entry) -> Bundle:
+    key = entry.key
     match = _PENDING.fullmatch(key)
     layout = store.arch_document(lineage.head).layout
     limit = 2 * lineage.head.n_models * layout.row_nbytes + _HEADER_ALLOWANCE
     what = f"bundle {key}"
     if match is None or match["device"] != lineage.name:
         raise MMStoreError(f"{what} is not named as a bundle of device {lineage.name!r}")
-    if inbox.size(key) > limit:
+    if entry.size > limit:
         raise MMStoreError(f"{what} is larger than any bundle of this device's {lineage.head.n_models} models can be")
-    bundle = parse_bundle(inbox.get(key), match["digest"], lineage.name, layout, what)
+    data = inbox.get(key)
+    if len(data) != entry.size:
+        raise MMStoreError(f"{what} changed while it was read; it is not a bundle a device finished")
+    bundle = parse_bundle(data, match["digest"], lineage.name, layout, what)
     if bundle.header.arch != lineage.head.arch.id or bundle.header.n_models != lineage.head.n_models:
         raise MMStoreError(f"{what} holds models of another architecture or count than lineage {lineage.name!r}")
     return bundle
@@ -191,8 +196,8 @@ def _commit(store: Store, lineage: _Lineage, bundle: Bundle, rows: np.ndarray, r
     meta = {"device_time": bundle_time(header), "bundle": bundle.digest, "bundle_kind": header.kind, "bundle_bytes": bundle.nbytes}
     if rebased:
         meta["rebased_from"] = rebased
-    set_id = store.save(ModelSet(doc.arch, doc.layout, rows), "update", base=lineage.head.id, lineage=lineage.name, meta=meta,
-                        if_head=lineage.head.id)
+    # No base: the lineage's head is the base, and `if_head` makes sure it is still the one the bundle was applied to.
+    set_id = store.save(ModelSet(doc.arch, doc.layout, rows), "update", lineage=lineage.name, meta=meta, if_head=lineage.head.id)
     store.remember(set_id, rows)
     lineage.head, lineage.rows = store.manifest(set_id), rows
     return set_id

@@ -2,33 +2,39 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import asdict
 
 from prefect import task
 
 from mmstore import Settings, Store
 from mmstore.catalog import Catalog
-from mmstore.backend import open_backend
+from mmstore.backend import Entry, open_backend
 from mmstore.ingest import ingest, pending, sweep_inbox
 
 __all__ = ["pending_batches", "ingest_batch", "index_versions", "sweep"]
 
-# Rows of every device a batch touches stay at hand between its bundles: a device's next bundle is a delta on them.
+# Rows of every device a batch touches stay at hand: a device's next bundle is a delta on them.
 _CACHED_SETS = 4096
+# Devices go to the same ingest slot in every run, whose store keeps their newest rows between runs.
+_STORES: dict[tuple[str, int], Store] = {}
 
 
 @task(name="pending-batches", retries=2, retry_delay_seconds=1)
-def pending_batches(inbox_url: str, batches: int) -> list[dict[str, list[str]]]:
-    """The waiting bundles in at most `batches` groups, each device's bundles in one group (one LIST)."""
-    devices = list(pending(open_backend(inbox_url)).items())
-    size = max(1, -(-len(devices) // batches))
-    return [dict(devices[i : i + size]) for i in range(0, len(devices), size)]
+def pending_batches(inbox_url: str, batches: int) -> dict[int, dict[str, list[Entry]]]:
+    """The waiting bundles by ingest slot (a device always in the same one), from one listing of the inbox."""
+    slots: dict[int, dict[str, list[Entry]]] = {}
+    for device, entries in pending(open_backend(inbox_url)).items():
+        slots.setdefault(zlib.crc32(device.encode()) % batches, {})[device] = entries
+    return slots
 
 
 @task(name="ingest-batch")
-def ingest_batch(store_url: str, inbox_url: str, batch: dict[str, list[str]]) -> list[dict]:
-    """Apply one batch of devices' bundles to their lineages; what became of each bundle."""
-    store = Store.open(store_url, Settings(cache_sets=_CACHED_SETS))
+def ingest_batch(store_url: str, inbox_url: str, slot: int, batch: dict[str, list[Entry]]) -> list[dict]:
+    """Apply one slot's devices' bundles to their lineages; what became of each bundle."""
+    store = _STORES.get((store_url, slot))
+    if store is None:
+        store = _STORES[(store_url, slot)] = Store.open(store_url, Settings(cache_sets=_CACHED_SETS))
     return [asdict(outcome) for outcome in ingest(store, open_backend(inbox_url), batch)]
 
 

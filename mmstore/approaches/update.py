@@ -31,6 +31,7 @@ from .baseline import check_params, read_snapshot, write_snapshot
 __all__ = ["Update", "UpdateSnapshot", "UpdateDelta", "UpdateSlice"]
 
 _MAX_DEPTH = 1 << 20
+_HASH_CACHED_BYTES = 16 << 20
 
 
 class UpdateSnapshot(ApproachDocument):
@@ -109,7 +110,7 @@ class Update:
         # BLAKE3 of the content runs on other threads while this one computes the digest table.
         content = _work_pool().submit(digest_bytes, model_set.data)
         digests = tensor_digests(model_set.data, model_set.layout)
-        delta = diff(model_set.data, digests, self._digest_table(base, model_set.layout, store), model_set.layout)
+        delta = diff(model_set.data, digests, self._base_digests(base, model_set, store), model_set.layout)
         too_deep = base.data.depth + 1 > max_delta_depth(model_set.nbytes, delta.nbytes, store.settings)
         if delta.nbytes > store.settings.max_delta_fraction * model_set.nbytes or too_deep:
             return self._snapshot(model_set, digests, store)
@@ -143,6 +144,13 @@ class Update:
             changes=store.blobs.put(zstandard.ZstdCompressor(level=3).compress(changes)),
             values=store.blobs.put(b"".join(segments)),
         ))
+
+    def _base_digests(self, base: Manifest, model_set: ModelSet, store: StoreAccess) -> np.ndarray:
+        rows = store.cached_rows(base.id)
+        # A small base at hand is hashed faster than its chain's change lists are read (one request each on S3).
+        if rows is not None and _kind(base) != "snapshot" and rows.nbytes <= _HASH_CACHED_BYTES:
+            return tensor_digests(rows, model_set.layout)
+        return self._digest_table(base, model_set.layout, store)
 
     def _digest_table(self, manifest: Manifest, layout: Layout, store: StoreAccess) -> np.ndarray:
         chain, snapshot = _chain(manifest, store)
