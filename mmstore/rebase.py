@@ -125,7 +125,7 @@ class Rebasing:
         return report
 
     def _chain_of(self, lineage: str) -> list[SetInfo]:
-        """The lineage's chain, newest first, and on below a set re-based onto nothing by a prune that stopped early."""
+        """The chain from the lineage's head to its root, newest first."""
         if self._lineage_head(lineage) is None:
             raise NotFoundError(f"there is no lineage {lineage!r} in {self.url}; list lineages with `mmstore ls`")
         return self.log(lineage)
