@@ -18,9 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
-import s3fs
 import torch
-from moto.server import ThreadedMotoServer
 
 from mmstore import ArchSpec, ModelSet, Settings, Store
 from mmstore.catalog import Catalog
@@ -125,8 +123,8 @@ def measure(url: str, devices: int, versions: int, http: HttpCounter | None = No
     return results
 
 
-def _copy_to_s3(root: str, url: str, options: dict) -> None:
-    fs = s3fs.S3FileSystem(**options)
+def _copy_to_s3(root: str, url: str, fs: Any) -> None:
+    """Every object of the local store at `root` under `url`, in one batched upload."""
     objects = {}
     for directory, _, names in os.walk(root):
         for name in names:
@@ -138,6 +136,10 @@ def _copy_to_s3(root: str, url: str, options: dict) -> None:
 
 def main() -> None:
     """Build the fleet, catalog it, measure the queries on local disk and on moto's S3 server."""
+    # Imported here, not above: the tests' writer processes import this module for its fleet alone.
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=1_000)
     parser.add_argument("--versions", type=int, default=20)
@@ -160,8 +162,9 @@ def main() -> None:
         try:
             endpoint = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
             options = {"key": "bench", "secret": "bench", "client_kwargs": {"endpoint_url": endpoint}}
-            s3fs.S3FileSystem(**options).mkdir("catalog-bench")
-            _copy_to_s3(local, "s3://catalog-bench/store", options)
+            fs = s3fs.S3FileSystem(**options)
+            fs.mkdir("catalog-bench")
+            _copy_to_s3(local, "s3://catalog-bench/store", fs)
             results["s3"] = measure("s3://catalog-bench/store", args.devices, args.versions, http, **options)
         finally:
             server.stop()

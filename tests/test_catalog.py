@@ -20,6 +20,7 @@ from mmstore.catalog import HEADS_KEY, Catalog, to_time, version_time
 from mmstore.cli import main
 from mmstore.errors import ConflictError, FormatError, MMStoreError, NewerFormatError, NotFoundError
 
+from .catalog_writer import record_versions
 from .conftest import TEST_SETTINGS, make_s3_bucket
 from .faults import HookedBackend, before
 
@@ -135,7 +136,8 @@ def test_catalog_on_s3_with_concurrent_writers(s3_options):
     store = Store.open(url, FAST, **s3_options)
     store.save(device_set(2, 0), lineage="car-0-0", meta={"device_time": device_time(0, 0)})
     Catalog(store).rebuild()
-    writers = [threading.Thread(target=_record_versions, args=(url, w, 3), kwargs=s3_options) for w in range(3)]
+    start = threading.Barrier(3)
+    writers = [threading.Thread(target=record_versions, args=(url, w, 3, start), kwargs=s3_options) for w in range(3)]
     for writer in writers:
         writer.start()
     for writer in writers:
@@ -232,30 +234,20 @@ def test_heads_verify_answers_a_forged_head_from_the_manifests(small_fleet):
     assert catalog.heads(verify=True)["car-0000"].head == expected["car-0000"][-1][1]
 
 
-def _record_versions(url: str, worker: int, versions: int, **options) -> None:
-    store = Store.open(url, FAST, **options)
-    catalog = Catalog(store)
-    for version in range(versions):
-        for lineage in range(2):
-            name = f"car-{worker}-{lineage}"
-            set_id = store.save(device_set(2, worker * 100 + version), lineage=name,
-                                meta={"device_time": device_time(worker, version)})
-            catalog.record([set_id])
-
-
 def test_concurrent_record_from_several_processes_loses_nothing(tmp_path):
     url = str(tmp_path / "store")
-    context = multiprocessing.get_context("fork")
-    workers = [context.Process(target=_record_versions, args=(url, w, 5)) for w in range(4)]
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited from other tests' servers
+    start = context.Barrier(3)
+    workers = [context.Process(target=record_versions, args=(url, w, 4, start)) for w in range(3)]
     for process in workers:
         process.start()
     for process in workers:
         process.join(60)
-    assert [p.exitcode for p in workers] == [0] * 4
+    assert [p.exitcode for p in workers] == [0] * 3
     store = Store.open(url, FAST)
     catalog = Catalog(store)
     heads = catalog.heads()
-    assert len(heads) == 8 and all(h.versions == 5 for h in heads.values())
+    assert len(heads) == 6 and all(h.versions == 4 for h in heads.values())
     incremental = catalog_bytes(store)
     catalog.rebuild()
     assert catalog_bytes(store) == incremental
