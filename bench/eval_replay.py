@@ -11,14 +11,15 @@ import numpy as np
 from envs.executors import LocalExecutor
 from envs.fingerprint import capture
 from mmstore import ModelSet, ProvenanceRecord, Settings, Store
-from mmstore.replay import ReplayJob, ReplayTask
+from mmstore.groups import plan_groups
+from mmstore.replay import ReplayJob, ReplayTask, grouped
 from workloads.datasets import encode_arrays, write_datasets
 from workloads.fleet import Fleet
 from workloads.models import ARCHITECTURES
 
 from .common import timed
 from .eval_run import warm_pool
-from .eval_sequence import SEED, TRAINER, Sequence, recipes
+from .eval_sequence import GROUP_SIZE, GROUP_TRAINER, SEED, Sequence, recipes
 
 __all__ = ["worker_scaling", "realistic_recipe"]
 
@@ -48,7 +49,7 @@ def worker_scaling(seq: Sequence, root: Path, repeats: int) -> dict[str, Any]:
 
 
 def realistic_recipe(seq: Sequence, root: Path, cells: int) -> dict[str, Any]:
-    """U3-1 for `cells` of its retrained models with the default recipe on full cycle data: one run, as in the paper."""
+    """U3-1 for `cells` of its retrained models with the default recipe on full cycle data, in groups: one run."""
     arch = seq.variant.arch
     changes = seq.changes[0]
     chosen = sorted(changes)[:: max(1, len(changes) // cells)][:cells]
@@ -56,12 +57,14 @@ def realistic_recipe(seq: Sequence, root: Path, cells: int) -> dict[str, Any]:
     refs = write_datasets(str((root / "realistic-datasets").resolve()), 1, data)
     named = recipes(arch, 1, reduced=False)
     jobs = [ReplayJob(c, seq.sets[0].data[c], encode_arrays(data[c]), named[changes[c][0]]) for c in chosen]
-    task = ReplayTask(seq.sets[0].arch, seq.sets[0].layout, TRAINER, Settings().allowed_prefixes())
+    groups = plan_groups({c: changes[c][0] for c in chosen}, GROUP_SIZE)
+    task, jobs = grouped(ReplayTask(seq.sets[0].arch, seq.sets[0].layout, GROUP_TRAINER, Settings().allowed_prefixes()),
+                         jobs, groups)
     train_s, rows = timed(lambda: LocalExecutor(2).replay(task, jobs))
     derived = seq.sets[0].data.copy()
-    derived[chosen] = rows
-    record = ProvenanceRecord(trainer=TRAINER, recipes=named, environment=capture().to_json(),
-                              changes={c: (changes[c][0], refs[c]) for c in chosen})
+    derived[[job.model for job in jobs]] = rows
+    record = ProvenanceRecord(trainer=GROUP_TRAINER, recipes=named, environment=capture().to_json(),
+                              changes={c: (changes[c][0], refs[c]) for c in chosen}, groups=groups)
     # The datasets lie at the store's own dataset location, "<store>-datasets": the default settings read them.
     settings = Settings()
     set_id = _provenance_pair(str(root / "realistic"), seq.sets[0], ModelSet(task.arch, task.layout, derived), record, settings)

@@ -1,8 +1,9 @@
 """The evaluation's version sequences (U1 -> U3 -> U3 -> U3), generated once per variant and cached.
 
 FFNN variants retrain for real, through the code path of `flows.fleet_update`: drift selection,
-datasets written outside the store, training through `LocalExecutor(2).replay`. The conv net has no
-per-cell fleet, so its U3 retrains are simulated by perturbing parameters (seeded).
+datasets written outside the store, training in groups of at most `GROUP_SIZE` models of one recipe
+through `LocalExecutor(2).replay`. The conv net has no per-cell fleet, so its U3 retrains are
+simulated by perturbing parameters (seeded).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import numpy as np
 from envs.executors import LocalExecutor
 from envs.fingerprint import capture
 from mmstore import ArchSpec, DatasetRef, ModelSet, ProvenanceRecord, Settings
+from mmstore.groups import GroupPlan, plan_groups
 from mmstore.layout import Layout
-from mmstore.replay import ReplayJob, ReplayTask
+from mmstore.replay import ReplayJob, ReplayTask, grouped
 from workloads.datasets import encode_arrays, write_datasets
 from workloads.drift import model_errors, select_updates
 from workloads.fleet import Fleet, initial_fleet_params
@@ -26,9 +28,13 @@ from workloads.images import image_dataset
 from workloads.models import ARCHITECTURES, seeded_model
 from workloads.training import TrainRecipe, train
 
-__all__ = ["Variant", "VARIANTS", "Sequence", "load_sequence", "USE_CASES", "TRAINER", "CACHE", "recipes"]
+__all__ = ["Variant", "VARIANTS", "Sequence", "load_sequence", "USE_CASES", "TRAINER", "GROUP_TRAINER", "GROUP_SIZE",
+           "CACHE", "recipes"]
 
 TRAINER = "workloads.training:train_from_bytes"
+GROUP_TRAINER = "workloads.training:train_group"
+# The fleet-update flow's default group size.
+GROUP_SIZE = 128
 CACHE = Path("build") / "eval-cache"
 CYCLES = 3
 USE_CASES = ("U1", *(f"U3-{k}" for k in range(1, CYCLES + 1)))
@@ -68,16 +74,18 @@ def recipes(arch: str, cycle: int, reduced: bool = True) -> dict[str, dict]:
 
 @dataclass
 class Sequence:
-    """A variant's sets U1..U3-3 and, per U3, how each changed model was trained."""
+    """A variant's sets U1..U3-3 and, per U3, how each changed model was trained (and grouped, if it trained)."""
 
     variant: Variant
     sets: list[ModelSet]
     changes: list[dict[int, tuple[str, DatasetRef]]]
+    groups: list[GroupPlan | None]
 
     def record(self, k: int) -> ProvenanceRecord:
         """The provenance record of set k >= 1, built as a caller would build it at save time."""
-        return ProvenanceRecord(trainer=TRAINER, recipes=recipes(self.variant.arch, k), changes=self.changes[k - 1],
-                                environment=capture().to_json())
+        plan = self.groups[k - 1]
+        return ProvenanceRecord(trainer=TRAINER if plan is None else GROUP_TRAINER, recipes=recipes(self.variant.arch, k),
+                                changes=self.changes[k - 1], environment=capture().to_json(), groups=plan)
 
     def settings(self, *more_roots: str) -> Settings:
         """Settings under which stores may read this sequence's datasets (and those under `more_roots`) for replay."""
@@ -88,7 +96,8 @@ class Sequence:
 
 def load_sequence(variant: Variant, n: int) -> tuple[Sequence, float]:
     """The cached sequence of `variant` for `n` models (generated and cached first if needed), and generation seconds."""
-    stem = CACHE / f"{variant.name}-{n}"
+    # Sequences trained in groups have bits of their own: they are cached apart from per-model ones.
+    stem = CACHE / f"{variant.name}-{n}-g{GROUP_SIZE}"
     if not stem.with_suffix(".json").exists():
         _generate(variant, n, stem)
     meta = json.loads(stem.with_suffix(".json").read_text())
@@ -97,21 +106,23 @@ def load_sequence(variant: Variant, n: int) -> tuple[Sequence, float]:
     with np.load(stem.with_suffix(".npz")) as arrays:
         sets = [ModelSet(spec, layout, arrays[f"set{k}"]) for k in range(len(USE_CASES))]
     changes = [{int(m): (r, DatasetRef(**ref)) for m, (r, ref) in cycle.items()} for cycle in meta["changes"]]
-    return Sequence(variant, sets, changes), meta["generation_s"]
+    groups = [None if plan is None else GroupPlan.model_validate(plan) for plan in meta["groups"]]
+    return Sequence(variant, sets, changes, groups), meta["generation_s"]
 
 
 def _generate(variant: Variant, n: int, stem: Path) -> None:
     start = time.perf_counter()
     stem.parent.mkdir(parents=True, exist_ok=True)
     datasets = str(stem.resolve()) + "-datasets"
-    sets, changes = [_shared_initial(variant.arch, n)], []
+    sets, changes, groups = [_shared_initial(variant.arch, n)], [], []
     step = _retrain if variant.trained else _perturb
     for cycle in range(1, CYCLES + 1):
-        new, plan = step(variant, sets[-1], cycle, datasets)
+        new, plan, grouping = step(variant, sets[-1], cycle, datasets)
         sets.append(new)
         changes.append({str(m): (r, ref.model_dump()) for m, (r, ref) in plan.items()})
+        groups.append(None if grouping is None else grouping.model_dump(mode="json"))
     np.savez(stem.with_suffix(".npz"), **{f"set{k}": s.data for k, s in enumerate(sets)})
-    meta = {"changes": changes, "generation_s": time.perf_counter() - start}
+    meta = {"changes": changes, "groups": groups, "generation_s": time.perf_counter() - start}
     stem.with_suffix(".json").write_text(json.dumps(meta))
 
 
@@ -141,8 +152,8 @@ def _plan(full: np.ndarray, partial: np.ndarray) -> dict[int, str]:
     return {**{int(c): "full" for c in full}, **{int(c): "partial" for c in partial}}
 
 
-def _retrain(variant: Variant, base: ModelSet, cycle: int, root: str) -> tuple[ModelSet, dict]:
-    """One U3 cycle as `flows.fleet_update` runs it: drift -> datasets -> training through the replay executor."""
+def _retrain(variant: Variant, base: ModelSet, cycle: int, root: str) -> tuple[ModelSet, dict, GroupPlan]:
+    """One U3 cycle as `flows.fleet_update` runs it: drift -> datasets -> training in groups through the executor."""
     data = Fleet(SEED, len(base), ARCHITECTURES[variant.arch]).cycle_data(cycle)
     errors = model_errors(ARCHITECTURES[variant.arch], base.tensors(), data["x"], data["y"])
     plan = _plan(*select_updates(errors, variant.rate / 2, variant.rate / 2))
@@ -151,13 +162,14 @@ def _retrain(variant: Variant, base: ModelSet, cycle: int, root: str) -> tuple[M
     refs = write_datasets(root, cycle, arrays)
     named = recipes(variant.arch, cycle)
     jobs = [ReplayJob(c, base.data[c], encode_arrays(arrays[c]), named[plan[c]]) for c in cells]
-    task = ReplayTask(base.arch, base.layout, TRAINER, Settings().allowed_prefixes())
+    groups = plan_groups(plan, GROUP_SIZE)
+    task, ordered = grouped(ReplayTask(base.arch, base.layout, GROUP_TRAINER, Settings().allowed_prefixes()), jobs, groups)
     new = base.data.copy()
-    new[cells] = LocalExecutor(2).replay(task, jobs)
-    return ModelSet(base.arch, base.layout, new), {c: (plan[c], refs[c]) for c in cells}
+    new[[job.model for job in ordered]] = LocalExecutor(2).replay(task, ordered)
+    return ModelSet(base.arch, base.layout, new), {c: (plan[c], refs[c]) for c in cells}, groups
 
 
-def _perturb(variant: Variant, base: ModelSet, cycle: int, root: str) -> tuple[ModelSet, dict]:
+def _perturb(variant: Variant, base: ModelSet, cycle: int, root: str) -> tuple[ModelSet, dict, None]:
     """A simulated U3: seeded noise on every tensor (full) or on the last layer (partial) of random models."""
     rng = np.random.default_rng([SEED, cycle])
     picked = rng.choice(len(base), size=2 * round(len(base) * variant.rate / 2), replace=False)
@@ -171,4 +183,4 @@ def _perturb(variant: Variant, base: ModelSet, cycle: int, root: str) -> tuple[M
             values[cell, columns] += 0.01 * rng.standard_normal(values[cell, columns].shape, dtype=np.float32)
     # Real image datasets back the provenance record, so its storage is what a trained cycle would store.
     refs = write_datasets(root, cycle, {c: image_dataset(SEED, c, cycle, 64) for c in sorted(plan)})
-    return ModelSet(base.arch, base.layout, values.view(np.uint8)), {c: (plan[c], refs[c]) for c in sorted(plan)}
+    return ModelSet(base.arch, base.layout, values.view(np.uint8)), {c: (plan[c], refs[c]) for c in sorted(plan)}, None

@@ -21,6 +21,7 @@ import torch
 
 from envs.compare import compare
 from envs.fingerprint import Fingerprint, capture
+from mmstore.arch import GROUP_TRAINER_KIND, TRAINER_KIND, import_trusted
 from mmstore.errors import EnvironmentMismatchError, MMStoreError
 from mmstore.replay import ReplayJob, ReplayTask, part, run_jobs, split
 
@@ -124,7 +125,15 @@ def _here_unless_workers_pay(task: ReplayTask, jobs: Sequence[ReplayJob],
         rows.append(_here(*part(task, jobs, done, done + 1)))
         if not _workers_pay(time.perf_counter() - start, units - done - 1, workers):
             return np.concatenate([*rows, _here(*part(task, jobs, done + 1))]), part(task, jobs, units)
+        if not done:
+            # Workers may pay: they start (and import the trainer) while the second one trains here.
+            for _ in range(workers):
+                _pool(workers).submit(_import_trainer, task)
     return np.concatenate(rows), part(task, jobs, 2)
+
+
+def _import_trainer(task: ReplayTask) -> None:
+    import_trusted(task.trainer, task.trusted, GROUP_TRAINER_KIND if task.groups else TRAINER_KIND)
 
 
 def _here(task: ReplayTask, jobs: Sequence[ReplayJob]) -> np.ndarray:

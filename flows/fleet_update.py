@@ -19,7 +19,8 @@ from tasks.fleet import cycle_data, detect_drift, write_cycle_datasets
 from tasks.store import load_set
 from tasks.training import assemble, fingerprint, train_batch, training_jobs
 
-__all__ = ["fleet_update", "datasets_location", "recipes_for", "training_task", "TRAINER", "GROUP_TRAINER"]
+__all__ = ["fleet_update", "datasets_location", "recipes_for", "training_task", "train_in_tasks", "TRAINER",
+           "GROUP_TRAINER"]
 
 TRAINER = "workloads.training:train_from_bytes"
 GROUP_TRAINER = "workloads.training:train_group"
@@ -49,7 +50,7 @@ def fleet_update(params: FleetUpdateParameters = FleetUpdateParameters(), curren
     refs = write_cycle_datasets(datasets_location(params.store, params.datasets), cycle, cells, data)
     recipes, recipe_of = recipes_for(arch, cycle), {**{c: "full" for c in full}, **{c: "partial" for c in partial}}
     spec, jobs, plan = training_task(base, training_jobs(base, cells, recipe_of, recipes, data), recipe_of, params.group_size)
-    new_set = assemble(base, [job.model for job in jobs], _train(spec, jobs, params))
+    new_set = assemble(base, [job.model for job in jobs], train_in_tasks(spec, jobs, params))
     provenance = ProvenanceRecord(
         trainer=spec.trainer, recipes=recipes, environment=fingerprint(),
         changes={c: (recipe_of[c], refs[c].model_dump()) for c in cells},
@@ -74,8 +75,8 @@ def training_task(base: ModelSet, jobs: list[ReplayJob], recipe_of: dict[int, st
     return *grouped(replace(spec, trainer=GROUP_TRAINER), jobs, plan), plan
 
 
-def _train(spec: ReplayTask, jobs: list[ReplayJob], params: FleetUpdateParameters) -> list:
-    """Train the jobs in a few mapped tasks (whole groups each), publishing progress as they finish."""
+def train_in_tasks(spec: ReplayTask, jobs: list[ReplayJob], params: FleetUpdateParameters) -> list:
+    """Train the jobs in a few mapped tasks (whole groups each), publishing progress as they finish; their rows."""
     progress = create_progress_artifact(0.0, key="training", description=f"Training {len(jobs)} models")
     futures = [train_batch.submit(task, batch, params.workers) for task, batch in split(spec, jobs, params.batches)]
     rows = []

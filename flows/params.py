@@ -30,7 +30,7 @@ class FleetUpdateParameters(BaseModel):
     workers: int = Field(2, ge=0, description="Training processes per batch (0: train inside the task's worker)")
     batches: int = Field(8, ge=1, description="How many batched training tasks a cycle is split into")
     group_size: int = Field(
-        64, ge=0, le=MAX_GROUP_MODELS,
+        128, ge=0, le=MAX_GROUP_MODELS,
         description="Models of one recipe trained together in one call (0: one model per call, the per-model trainer)",
     )
 

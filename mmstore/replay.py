@@ -75,26 +75,31 @@ def run_jobs(task: ReplayTask, jobs: Sequence[ReplayJob]) -> np.ndarray:
     if not jobs:
         return np.empty((0, task.layout.row_nbytes), dtype=np.uint8)
     start = ModelSet(task.arch, task.layout, np.stack([job.row for job in jobs]), task.trusted)
-    if not task.groups:
-        trainer = import_trusted(task.trainer, task.trusted, TRAINER_KIND)
-        states = [trainer(module, job.dataset, job.recipe).state_dict() for module, job in zip(start.to_modules(), jobs)]
-        task.layout.check(states[0], f"the model {task.trainer} returned")
-        return ModelSet.from_state_dicts(states, task.arch).data
+    return _train_groups(task, jobs, start, units) if task.groups else _train_models(task, jobs, start)
+
+
+def _train_models(task: ReplayTask, jobs: Sequence[ReplayJob], start: ModelSet) -> np.ndarray:
+    trainer = import_trusted(task.trainer, task.trusted, TRAINER_KIND)
+    states = [trainer(module, job.dataset, job.recipe).state_dict() for module, job in zip(start.to_modules(), jobs)]
+    task.layout.check(states[0], f"the model {task.trainer} returned")
+    return ModelSet.from_state_dicts(states, task.arch).data
+
+
+def _train_groups(task: ReplayTask, jobs: Sequence[ReplayJob], start: ModelSet, units: list[tuple[int, int]]) -> np.ndarray:
     trainer = import_trusted(task.trainer, task.trusted, GROUP_TRAINER_KIND)
-    tensors, template = start.tensors(), start.template()
-    rows = []
+    tensors, template, rows = start.tensors(), start.template(), []
     with _threads(task.threads):
         for lo, hi in units:
             group = jobs[lo:hi]
+            models = [job.model for job in group][:10]
             if any(job.recipe != group[0].recipe for job in group):
-                raise MMStoreError(f"models {[j.model for j in group][:10]} train in one group with different recipes; "
-                                   "group models by recipe")
+                raise MMStoreError(f"models {models} train in one group with different recipes; group models by recipe")
             try:
                 stacked = trainer(template, {k: v[lo:hi] for k, v in tensors.items()}, [j.dataset for j in group],
                                   group[0].recipe)
             except (ValueError, TypeError, RuntimeError) as exc:
                 raise ReproductionError(
-                    f"the group trainer {task.trainer} failed on models {[j.model for j in group][:10]} ({exc}); "
+                    f"the group trainer {task.trainer} failed on models {models} ({exc}); "
                     "their datasets and recipe cannot train together, as the record claims they did"
                 ) from exc
             rows.append(ModelSet.from_stacked(dict(stacked), task.arch, task.layout).data)

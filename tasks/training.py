@@ -1,4 +1,4 @@
-"""Tasks that train models: in batches, through the same code path provenance replay uses."""
+"""Tasks that train models in batches (of whole groups, or of single models), through the code path replay uses."""
 
 from __future__ import annotations
 
