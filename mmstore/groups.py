@@ -1,7 +1,7 @@
 """Grouped training: which changed models trained together, in what order, with how many threads.
 
 A group trainer trains k models in one call (stacked parameters, k datasets, one recipe). A model's
-bits may depend on how it was grouped (a group of one runs other kernels than a group of several),
+bits may depend on how it was grouped (measured: a group of one gives other bits than a group of several),
 so a derived set records its grouping and replay runs exactly those groups.
 """
 

@@ -66,7 +66,7 @@ def test_groups_are_widened_across_versions(grouped_cycle, tmp_path):
 
 
 def test_group_size_is_part_of_the_result():
-    """A group of one trains with other kernels than a group of several: the recorded grouping is the contract."""
+    """A group of one gives other bits than a group of several: the recorded grouping is the contract."""
     base = initial_set(6, seed=3)
     rng = np.random.default_rng(3)
     plan = {m: "full" for m in range(6)}
