@@ -34,8 +34,8 @@ class Backend(Protocol):
     def put(self, key: str, data: Buffer, *, exclusive: bool) -> bool:
         """Write `data` atomically; with `exclusive`, do nothing and return False if `key` exists."""
 
-    def get(self, key: str) -> bytes:
-        """The whole object, or NotFoundError."""
+    def get(self, key: str, at_most: int | None = None) -> bytes:
+        """The whole object (with `at_most`, only its first `at_most` bytes), or NotFoundError."""
 
     def open(self, key: str) -> IO[bytes]:
         """A binary file object for ranged reads (`seek` + `readinto`)."""

@@ -44,10 +44,11 @@ class FsspecBackend:
                 return False
         return True
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, at_most: int | None = None) -> bytes:
         with self._guard(key, "read"):
             try:
-                return self.fs.cat_file(self._path(key))
+                # With a bound, one ranged GET: the size is known from what comes back, without a HEAD first.
+                return self.fs.cat_file(self._path(key), start=None if at_most is None else 0, end=at_most)
             except FileNotFoundError:
                 raise missing(self.url, key) from None
 

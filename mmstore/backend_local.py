@@ -113,12 +113,12 @@ class LocalBackend:
             _discard(temp)
         return True
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, at_most: int | None = None) -> bytes:
         path = self._contained(key)
         with self._guard(path, "read"):
             try:
                 with open(path, "rb") as f:
-                    return f.read()
+                    return f.read(-1 if at_most is None else at_most)
             except FileNotFoundError:
                 raise missing(self.url, key) from None
 

@@ -82,11 +82,18 @@ class BlobStore:
             chunks=tuple(d.hex() for d in digests) if len(digests) > 1 else (),
         )
         key = blob_key(ref.id)
-        if not self.backend.put(key, view, exclusive=True) and self.backend.size(key) != ref.size:
+        if not self.backend.put(key, view, exclusive=True) and self._stored_size(key) != ref.size:
             self.backend.put(key, view, exclusive=False)
         if self._journal is not None:
             self._journal.append((ref, view))
         return ref
+
+    def _stored_size(self, key: str) -> int | None:
+        # A collection may remove the blob between finding it present and asking its size: then it is written again.
+        try:
+            return self.backend.size(key)
+        except NotFoundError:
+            return None
 
     @contextmanager
     def journal(self) -> Iterator[list[tuple[BlobRef, memoryview]]]:

@@ -62,10 +62,11 @@ class StoreDocuments:
 
     def ref(self, lineage: str) -> str | None:
         """The set id a lineage points at (parsed: a forged ref never becomes a path), or None."""
-        key = f"refs/{lineage}"
-        if not self.backend.exists(key):
+        try:
+            raw = self.bounded(f"refs/{lineage}", _REF_BYTES, f"lineage {lineage!r}")
+        except NotFoundError:
             return None
-        text = self.bounded(key, _REF_BYTES, f"lineage {lineage!r}").decode("ascii", "replace").removesuffix("\n")
+        text = raw.decode("ascii", "replace").removesuffix("\n")
         return check_id(text, f"lineage {lineage!r} in {self.backend.url} points at")
 
     def set_ids(self) -> list[str]:
@@ -125,7 +126,8 @@ class StoreDocuments:
         return doc
 
     def bounded(self, key: str, limit: int, what: str) -> bytes:
-        """The object at `key`, refused unread if it is larger than `limit`."""
-        if self.backend.size(key) > limit:
+        """The object at `key`, refused if it is larger than `limit` (reading at most one byte more)."""
+        data = self.backend.get(key, at_most=limit + 1)
+        if len(data) > limit:
             raise FormatError(f"{what} in {self.backend.url} is larger than it can be; the store was forged or damaged")
-        return self.backend.get(key)
+        return data
