@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 STORE ?= ./mmstore-data
 
-.PHONY: demo test bench evaluation clean replay_image ui worker
+.PHONY: demo test bench evaluation fleet_sim clean replay_image ui worker
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ bench: $(STAMP)
 
 evaluation: $(STAMP)
 	$(VENV)/bin/python -m bench.evaluation --models 5000 --repeats 5
+
+# The device fleet at the size of its bar: 200 devices x 100 cells, 10 days, on a moto S3 server (about an hour).
+fleet_sim: $(STAMP)
+	$(VENV)/bin/python -m flows.fleet_sim --store s3://fleet/store --devices 200 --cells 100 --days 10 --seed 0 \
+		--json --plot docs/figures/fleet-sim.png > docs/results/fleet-sim.json
 
 clean:
 	rm -rf $(VENV) $(STORE) $(STORE)-datasets

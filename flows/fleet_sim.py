@@ -41,7 +41,9 @@ def fleet_sim(params: FleetSimParameters = FleetSimParameters()) -> dict:
     started = time.perf_counter()
     heads = deploy_fleet(params.store, params.devices, params.cells, params.seed, params.arch, _START.isoformat())
     pushes, ingests = _run(params, inbox)
-    verified = sum(verify_versions(params.store, device, [p["content"] for p in mine]) for device, mine in _by_device(pushes).items())
+    checks = [verify_versions.submit(params.store, device, [p["content"] for p in mine])
+              for device, mine in _by_device(pushes).items()]
+    verified = sum(check.result() for check in checks)
     report = _report(params, heads, pushes, ingests, verified, time.perf_counter() - started)
     create_markdown_artifact(_markdown(report), key="fleet-sim", description="Simulated device fleet")
     get_run_logger().info("%d bundles, %d ingested, %d of %d versions verified", report["bundles"], report["ingested"],
