@@ -43,8 +43,10 @@ def fleet_sim(params: FleetSimParameters = FleetSimParameters()) -> dict:
     pushes, ingests = _run(params, inbox)
     checks = [verify_versions.submit(params.store, device, [p["content"] for p in mine])
               for device, mine in _by_device(pushes).items()]
-    verified = sum(check.result() for check in checks)
+    results = [check.result() for check in checks]
+    verified, stored = sum(r["verified"] for r in results), sum(r["stored"] for r in results)
     report = _report(params, heads, pushes, ingests, verified, time.perf_counter() - started)
+    report |= {"bytes_stored": stored, "uploaded_per_stored": report["bytes_uploaded"] / stored if stored else 0.0}
     create_markdown_artifact(_markdown(report), key="fleet-sim", description="Simulated device fleet")
     get_run_logger().info("%d bundles, %d ingested, %d of %d versions verified", report["bundles"], report["ingested"],
                           verified, report["versions_total"])
@@ -126,7 +128,8 @@ def _markdown(report: dict) -> str:
     per_day = report["bytes_per_device_day"]
     return (f"## Simulated fleet: {report['devices']} devices x {report['cells']} cells, {report['days']} days\n\n"
             f"- {report['bundles']} bundles, {report['ingested']} ingested, {report['quarantined']} quarantined\n"
-            f"- bytes per device-day: {per_day['chosen']:,.0f} sent, {per_day['full']:,.0f} for whole models\n"
+            f"- bytes per device-day: {per_day['chosen']:,.0f} sent, {per_day['full']:,.0f} for whole models; "
+            f"{report['uploaded_per_stored']:.2f} bytes sent per byte stored\n"
             f"- ingest: {report['bundles_per_second']:.1f} bundles/s over {report['ingest_runs']} runs\n"
             f"- **{report['versions_verified']} of {report['versions_total']}** versions recovered bit for bit\n")
 

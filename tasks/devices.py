@@ -28,11 +28,15 @@ def deploy_fleet(store_url: str, devices: int, cells: int, seed: int, arch: str,
 
 
 @task(name="verify-versions")
-def verify_versions(store_url: str, device: str, contents: list[str]) -> int:
-    """How many of the contents a device held are versions of its lineage that recover bit for bit."""
+def verify_versions(store_url: str, device: str, contents: list[str]) -> dict[str, int]:
+    """How many of the contents a device held are versions of its lineage that recover bit for bit,
+    and the bytes its versions after the deployed slice store (manifests and the blobs each adds)."""
     store = Store.open(store_url, Settings(cache_sets=2))
-    chain = [info.id for info in store.log(device) if info.lineage == device]
-    found = {}
-    for set_id in reversed(chain):  # oldest first: each recovery starts from the one before, still at hand
-        found[digest_bytes(store.recover(set_id).data)] = set_id
-    return sum(content in found for content in contents)
+    chain = [store.manifest(info.id) for info in store.log(device) if info.lineage == device]
+    found, blobs, manifest_bytes = {}, {}, 0
+    for manifest in reversed(chain):  # oldest first: each recovery starts from the one before, still at hand
+        found[digest_bytes(store.recover(manifest.id).data)] = manifest.id
+        if manifest.base and manifest.lineage == store.manifest(manifest.base).lineage:
+            manifest_bytes += len(manifest.encode()[1])
+            blobs.update({ref.id: ref.size for ref in manifest.blobs.values()})
+    return {"verified": sum(content in found for content in contents), "stored": manifest_bytes + sum(blobs.values())}

@@ -52,3 +52,4 @@ def test_fleet_simulation_contract_on_s3(s3_endpoint, s3_options, tmp_path):
     assert report["bundles"] == report["ingested"] == report["versions_total"] == report["versions_verified"] == 6
     assert report["quarantined"] == 0 and report["lineages"] == ["device-0000", "device-0001", "device-0002"]
     assert 0 < report["bytes_uploaded"] < report["bytes_full_upload"] and plot.stat().st_size > 10_000
+    assert 0.5 < report["uploaded_per_stored"] < 1.2
