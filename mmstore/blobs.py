@@ -88,6 +88,12 @@ class BlobStore:
             self._journal.append((ref, view))
         return ref
 
+    def present(self, ref: BlobRef, data: bytes | memoryview) -> BlobRef:
+        """A blob known to be stored whole (verified on reading): recorded for `ensure` like a put, not written."""
+        if self._journal is not None:
+            self._journal.append((ref, memoryview(data)))
+        return ref
+
     def _stored_size(self, key: str) -> int | None:
         # A collection may remove the blob between finding it present and asking its size: then it is written again.
         try:

@@ -98,9 +98,11 @@ class Catalog:
             raw = None
         if raw is None:
             return self.rebuild()  # a catalog covers every lineage from its first write on
-        names = sorted({m.lineage for m in (self.store.manifest(check_id(s, "set id")) for s in set_ids) if m.lineage})
-        for name in names:
-            self._update(name, full=False)
+        ids = [check_id(s, "set id") for s in set_ids]
+        # As in `rebuild`: independent lineages, each waiting on one request at a time, overlap on threads.
+        with ThreadPoolExecutor(self.workers) as pool:
+            names = sorted({m.lineage for m in pool.map(self.store.manifest, ids) if m.lineage})
+            list(pool.map(lambda name: self._update(name, full=False), names))
         self._publish(names, everything=False)
         return names
 

@@ -125,6 +125,10 @@ class StoreDocuments:
         manifest.data.check(manifest.n_models, doc.layout)
         return doc
 
+    def verified_arch(self, arch_id: str) -> bool:
+        """Whether this reader has read and checked the architecture document `arch_id`."""
+        return arch_id in self._arch_docs
+
     def bounded(self, key: str, limit: int, what: str) -> bytes:
         """The object at `key`, refused if it is larger than `limit` (reading at most one byte more)."""
         data = self.backend.get(key, at_most=limit + 1)

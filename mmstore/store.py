@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 
 from .aliases import content_of
 from .approaches import RecoveryContext, get_approach
+from .approaches.base import check_indices, recovery_context
 from .auto import AUTO, choose_approach
 from .backend import Backend, open_backend
 from .blobs import BlobRef, BlobStore
@@ -113,7 +114,7 @@ class Store(Lifecycle, Rebasing):
                 fields: dict[str, Any], **options: Any) -> Manifest:
         """Write the set's blobs, then its manifest (the commit), then re-check the blobs."""
         with self.blobs.journal() as written:
-            arch_ref = self.blobs.put(arch_doc)
+            arch_ref = self._arch_blob(arch_doc, base)
             encoded = get_approach(approach).save(model_set, base, self, **options)
             manifest = Manifest(approach=approach, arch=arch_ref, n_models=len(model_set), data=encoded.document, **fields)
             set_id, data = manifest.encode()
@@ -123,6 +124,12 @@ class Store(Lifecycle, Rebasing):
             self.blobs.ensure(written)
         self.documents.remember_manifest(manifest)
         return manifest
+
+    def _arch_blob(self, arch_doc: bytes, base: Manifest | None) -> BlobRef:
+        # The base's architecture document, read and verified in this process, is not written again (only re-checked).
+        if base is not None and base.arch.id == digest_bytes(arch_doc) and self.documents.verified_arch(base.arch.id):
+            return self.blobs.present(base.arch, arch_doc)
+        return self.blobs.put(arch_doc)
 
     def _check_same_architecture(self, model_set: ModelSet, base: Manifest) -> None:
         # The source digest may change with harmless edits; the factory, kwargs and layout may not.
@@ -211,7 +218,7 @@ class Store(Lifecycle, Rebasing):
         context = context or RecoveryContext()
         manifest = self.manifest(set_id)
         self.arch_document(manifest)  # sizes checked against the layout before any blob is read
-        picked = None if context.models is None else _check_indices(context.models, manifest.n_models)
+        picked = None if context.models is None else check_indices(context.models, manifest.n_models)
         return get_approach(manifest.approach).recover(manifest, self, picked, context)
 
     def recover(self, set_id: str, models: Sequence[int] | None = None, context: RecoveryContext | None = None,
@@ -221,7 +228,7 @@ class Store(Lifecycle, Rebasing):
         `context` (or the `RecoveryContext` fields as keywords: `executor=`, `force=`,
         `dataset_options=`) says how provenance sets are replayed.
         """
-        context = _context(context, models, options)
+        context = recovery_context(context, models, options)
         set_id = self.resolve(set_id)
         doc = self.arch_document(self.manifest(set_id))
         rows = self.recover_rows(set_id, context)
@@ -229,7 +236,7 @@ class Store(Lifecycle, Rebasing):
 
     def verify(self, set_id: str | None = None, context: RecoveryContext | None = None, **options: Any) -> list[str]:
         """Read and check every byte of one set (or of all sets), replaying as `context` says; returns the ids."""
-        context = _context(context, None, options).subset(None)
+        context = recovery_context(context, None, options).subset(None)
         ids = [self.resolve(set_id)] if set_id else [info.id for info in self.list()]
         if set_id is None:
             self.verify_lineages()
@@ -248,7 +255,7 @@ class Store(Lifecycle, Rebasing):
         """Recover a set (or the context's models) and write one `.safetensors` file per model to `out_dir`."""
         from .export import export_safetensors
 
-        context = _context(context, None, options)
+        context = recovery_context(context, None, options)
         set_id = self.resolve(set_id)
         model_set = self.recover(set_id, context=context)
         models = None if context.models is None else list(context.models)
@@ -289,27 +296,3 @@ class Store(Lifecycle, Rebasing):
     @staticmethod
     def _refs(manifest: Manifest) -> list[BlobRef]:
         return [manifest.arch, *manifest.blobs.values()]
-
-
-def _context(context: RecoveryContext | None, models: Sequence[int] | None, options: dict[str, Any]) -> RecoveryContext:
-    """One recovery context from an explicit one, or from a subset and keyword options."""
-    if context is not None and options:
-        raise MMStoreError(f"pass either context= or the options {sorted(options)}, not both")
-    context = context or RecoveryContext(**options)
-    return context if models is None else context.subset(models)
-
-
-def _check_indices(models: Sequence[int], n: int) -> np.ndarray:
-    try:
-        given = np.asarray(models)
-    except (TypeError, ValueError):
-        given = np.asarray([None])
-    if given.size and given.dtype.kind not in "iu":  # 1.7, True and "3" are not model numbers
-        raise NotFoundError(f"model indices must be integers in [0, {n}); got {str(models)[:80]}")
-    try:
-        picked = given.astype(np.int64).reshape(-1)
-    except OverflowError:
-        raise NotFoundError(f"model indices must lie in [0, {n}); got {str(models)[:80]}") from None
-    if picked.size and (picked.min() < -n or picked.max() >= n):
-        raise NotFoundError(f"model indices must lie in [0, {n}); got {models!r}")
-    return np.where(picked < 0, picked + n, picked)

@@ -95,7 +95,7 @@ def test_save_reads_no_base_parameters(local_store, small_fleet):
     backend = local_store.backend
     real_open, real_get = backend.open, backend.get
     backend.open = lambda key: opened.append(key) or real_open(key)
-    backend.get = lambda key: opened.append(key) or real_get(key)
+    backend.get = lambda key, **options: opened.append(key) or real_get(key, **options)
     fresh = Store(backend, SETTINGS)
     fresh.save(_changed(small_fleet, [1], 0, seed=2), approach="update", lineage="f")
     assert params_key not in opened

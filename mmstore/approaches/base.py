@@ -9,11 +9,12 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from ..blobs import BlobRef, BlobStore
+from ..errors import MMStoreError, NotFoundError
 from ..manifest import ApproachDocument, ArchDocument, Manifest
 from ..modelset import ModelSet
 from ..settings import Settings
 
-__all__ = ["Approach", "StoreAccess", "Encoded", "RecoveryContext"]
+__all__ = ["Approach", "StoreAccess", "Encoded", "RecoveryContext", "recovery_context", "check_indices"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +81,28 @@ class Approach(Protocol):
     def recover(self, manifest: Manifest, store: StoreAccess, models: np.ndarray | None,
                 context: RecoveryContext) -> np.ndarray:
         """The (n, row) bytes of the set, or only of the rows in `models`."""
+
+
+def recovery_context(context: RecoveryContext | None, models: Sequence[int] | None, options: dict[str, Any]) -> RecoveryContext:
+    """One recovery context from an explicit one, or from a subset and keyword options (not both)."""
+    if context is not None and options:
+        raise MMStoreError(f"pass either context= or the options {sorted(options)}, not both")
+    context = context or RecoveryContext(**options)
+    return context if models is None else context.subset(models)
+
+
+def check_indices(models: Sequence[int], n: int) -> np.ndarray:
+    """Model indices as int64 in [0, n), negative ones counted from the end; NotFoundError for anything else."""
+    try:
+        given = np.asarray(models)
+    except (TypeError, ValueError):
+        given = np.asarray([None])
+    if given.size and given.dtype.kind not in "iu":  # 1.7, True and "3" are not model numbers
+        raise NotFoundError(f"model indices must be integers in [0, {n}); got {str(models)[:80]}")
+    try:
+        picked = given.astype(np.int64).reshape(-1)
+    except OverflowError:
+        raise NotFoundError(f"model indices must lie in [0, {n}); got {str(models)[:80]}") from None
+    if picked.size and (picked.min() < -n or picked.max() >= n):
+        raise NotFoundError(f"model indices must lie in [0, {n}); got {models!r}")
+    return np.where(picked < 0, picked + n, picked)
