@@ -65,7 +65,7 @@ def plot_report(report: dict, path: str) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     per_day = report["bytes_per_device_day"]
     names = ["full", "provenance_data", "delta", "chosen"]
-    left.bar(["whole models", "training data", "changed tensors", "sent (cost model)"], [per_day[n] / 1e3 for n in names],
+    left.bar(["whole\nmodels", "training\ndata", "changed\ntensors", "sent\n(cost model)"], [per_day[n] / 1e3 for n in names],
              color=["#999999", "#c98b2b", "#3b7dd8", "#2a9d5c"])
     left.set_ylabel("kB per device-day")
     left.set_title(f"What a device sends ({report['devices']} devices x {report['cells']} cells)")
@@ -79,7 +79,7 @@ def plot_report(report: dict, path: str) -> Path:
     right.plot(range(len(timeline)), ingested, label="ingested")
     right.set_xlabel("ingest run")
     right.set_ylabel("bundles")
-    right.set_title(f"Ingest keeps up: {report['bundles_per_second']:.0f} bundles/s")
+    right.set_title("Ingest keeps up with the devices")
     right.legend()
     fig.tight_layout()
     out = Path(path)
