@@ -6,6 +6,7 @@ import json
 import multiprocessing
 
 import numpy as np
+import torch
 import pytest
 
 from mmstore import ModelSet, Store
@@ -213,3 +214,26 @@ def test_a_reader_sees_what_another_writer_committed_after_it_listed(s3_options)
     assert len(reader.list()) == 1  # the reader has listed sets/ once
     new = writer.save(small_set(2, seed=2), lineage="a")
     assert reader.resolve("a") == new and reader.recover("a").equals(small_set(2, seed=2))
+
+
+SLICE_FORGERIES = {
+    "past-the-base": (lambda m, other: m["data"].update(start=1 << 40), "does not fit"),
+    "overlapping-end": (lambda m, other: m["data"].update(start=len(DEVICES) * PER_DEVICE - 1), "does not fit"),
+    "other-content": (lambda m, other: m["data"].update(content=digest_bytes(b"other")), "not the slice's content"),
+    "base-of-other-layout": (lambda m, other: m.update(base=other), "does not fit"),
+    "negative-start": (lambda m, other: m["data"].update(start=-1), "invalid"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SLICE_FORGERIES))
+def test_a_forged_slice_is_refused_in_one_line(tmp_path, name):
+    from mmstore.errors import MMStoreError
+    from tests import forge
+
+    fleet = Fleet(str(tmp_path / "store"), str(tmp_path / "inbox"))
+    other = fleet.open().save(ModelSet.from_modules([torch.nn.Linear(3, 2) for _ in range(20)]))
+    mutate, message = SLICE_FORGERIES[name]
+    forge.forge_manifest(tmp_path / "store", "car-1", lambda m: mutate(m, other))
+    with pytest.raises(MMStoreError, match=message) as caught:
+        fleet.open().recover("car-1")
+    assert "\n" not in str(caught.value)
