@@ -123,7 +123,7 @@ def _read(store: Store, inbox: Backend, lineage: _Lineage, entry: Entry) -> Bund
         raise MMStoreError(f"{what} is not named as a bundle of device {lineage.name!r}")
     if entry.size > limit:
         raise MMStoreError(f"{what} is larger than any bundle of this device's {lineage.head.n_models} models can be")
-    data = inbox.get(key)
+    data = inbox.get(key, at_most=entry.size + 1)  # replaced since the listing: never more than it claimed is read
     if len(data) != entry.size:
         raise MMStoreError(f"{what} changed while it was read; it is not a bundle a device finished")
     bundle = parse_bundle(data, match["digest"], lineage.name, layout, what)
