@@ -71,9 +71,19 @@ def job_gc(url: str, options: dict) -> None:
         Store.open(url, TEST_SETTINGS, **options).collect_garbage(grace=0)
 
 
-def job_delete(url: str, ids: list[str]) -> None:
-    """Delete the sets in order (each one's dependents come before it)."""
+def job_delete(url: str, ids: list[str], pause_at_move: int = 0, marker: str = "") -> None:
+    """Delete the sets in order (each one's dependents come before it).
+
+    With `pause_at_move`, the n-th move (a manifest set aside) is done, `marker` written, and the child waits to be killed.
+    """
     store = Store.open(url, TEST_SETTINGS)
+    if pause_at_move:
+        def move_and_wait(real, *args, **kwargs):
+            real(*args, **kwargs)
+            Path(marker).touch()
+            time.sleep(3600)
+
+        store = Store(HookedBackend(store.backend, "move", pause_at_move, move_and_wait), TEST_SETTINGS)
     for set_id in ids:
         store.delete(set_id)
 
@@ -348,12 +358,19 @@ def test_kill_9_during_delete_leaves_each_deletion_complete_or_undone(spawner, t
         doomed = [info.id for name in ("upd", "base", "more") for info in store.log(name)]
         sets_dir = tmp_path / f"store{iteration}" / "sets"
         present = len(list(sets_dir.iterdir()))
-        pid = spawner.spawn("delete", url=url, ids=doomed)
-        # Kill once the child is deleting (a busy machine may start it late), at a random point from there.
-        deadline = time.monotonic() + 20
-        while len(list(sets_dir.iterdir())) == present and time.monotonic() < deadline:
-            time.sleep(0.001)
-        time.sleep(float(rng.uniform(0.0, 0.03)))
+        if iteration % 3 == 0:
+            # Killed right after a manifest was set aside: the one point an undo must be possible from.
+            marker = tmp_path / f"moved{iteration}"
+            pid = spawner.spawn("delete", url=url, ids=doomed, pause_at_move=int(rng.integers(1, len(doomed) + 1)),
+                                marker=str(marker))
+            wait_for(marker)
+        else:
+            pid = spawner.spawn("delete", url=url, ids=doomed)
+            # Kill once the child is deleting (a busy machine may start it late), at a random point from there.
+            deadline = time.monotonic() + 20
+            while len(list(sets_dir.iterdir())) == present and time.monotonic() < deadline:
+                time.sleep(0.001)
+            time.sleep(float(rng.uniform(0.0, 0.03)))
         spawner.kill(pid)
         before = Store.open(url, TEST_SETTINGS)
         listed = {info.id for info in before.list()}
@@ -371,7 +388,7 @@ def test_kill_9_during_delete_leaves_each_deletion_complete_or_undone(spawner, t
         assert set(after.verify()) == remaining
         assert trash_and_temps(after) == []
         assert after.unreferenced().freed == 0  # a completed deletion's blobs went with the collection
-    assert undone >= 1  # some kills landed between moving a manifest aside and finishing
+    assert undone >= 4  # at least the kills that landed between moving a manifest aside and finishing
 
 
 # -- kill -9 during update and provenance saves ----------------------------------------------------
