@@ -34,8 +34,8 @@ class Backend(Protocol):
     def put(self, key: str, data: Buffer, *, exclusive: bool) -> bool:
         """Write `data` atomically; with `exclusive`, do nothing and return False if `key` exists."""
 
-    def get(self, key: str, at_most: int | None = None) -> bytes:
-        """The whole object (with `at_most`, only its first `at_most` bytes), or NotFoundError."""
+    def get(self, key: str, at_most: int | None = None, offset: int = 0) -> bytes:
+        """The object from `offset` on (with `at_most`, at most that many bytes), or NotFoundError."""
 
     def open(self, key: str) -> IO[bytes]:
         """A binary file object for ranged reads (`seek` + `readinto`)."""
@@ -51,6 +51,9 @@ class Backend(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove `key` if it exists."""
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Remove every key that exists (on S3, one request per thousand keys)."""
 
     def swap(self, key: str, expected: bytes | None, new: bytes) -> None:
         """Replace `key`'s content with `new` if it is `expected` (None: absent), else ConflictError."""

@@ -45,11 +45,12 @@ class FsspecBackend:
                 return False
         return True
 
-    def get(self, key: str, at_most: int | None = None) -> bytes:
+    def get(self, key: str, at_most: int | None = None, offset: int = 0) -> bytes:
         with self._guard(key, "read"):
             try:
                 # With a bound, one ranged GET: the size is known from what comes back, without a HEAD first.
-                return self.fs.cat_file(self._path(key), start=None if at_most is None else 0, end=at_most)
+                end = None if at_most is None else offset + at_most
+                return self.fs.cat_file(self._path(key), start=offset if offset or end is not None else None, end=end)
             except FileNotFoundError:
                 raise missing(self.url, key) from None
 
@@ -100,16 +101,22 @@ class FsspecBackend:
             if not self.put(key, new, exclusive=True):
                 raise ConflictError(f"{key} was created by another writer; read it again and retry")
             return
+        # A plain PUT's ETag is the MD5 of its bytes: one conditional PUT on that ETag is the whole swap.
+        if self._put_if_match(path, new, f'"{hashlib.md5(expected).hexdigest()}"'):
+            return
+        # Another ETag: moved meanwhile, or written in a way whose ETag is not the MD5; the content decides.
         info = self.fs.info(path, refresh=True)
-        # A plain PUT's ETag is the MD5 of its bytes: when it matches, the content need not be read to compare.
-        if info.get("ETag", "").strip('"') != hashlib.md5(expected).hexdigest() and self.get(key) != expected:
+        if self.get(key) != expected or not self._put_if_match(path, new, info["ETag"]):
             raise ConflictError(f"{key} was moved by another writer; read it again and retry")
+
+    def _put_if_match(self, path: str, data: bytes, etag: str) -> bool:
         try:
-            self.fs.pipe_file(path, new, IfMatch=info["ETag"])
+            self.fs.pipe_file(path, data, IfMatch=etag)
         except OSError as exc:
             if exc.errno != errno.EINVAL:  # s3fs maps only HTTP 412 Precondition Failed to EINVAL
                 raise
-            raise ConflictError(f"{key} was moved by another writer; read it again and retry") from exc
+            return False
+        return True
 
 
 
@@ -122,6 +129,15 @@ class FsspecBackend:
         root = self.root.lstrip("/") + "/"  # memory paths start with "/", S3 paths with the bucket
         return [Entry(path.lstrip("/").removeprefix(root), int(info.get("size") or 0), _mtime(info))
                 for path, info in found.items() if info.get("type", "file") == "file"]
+
+    def delete_many(self, keys: list[str]) -> None:
+        if not self._is_s3:
+            for key in keys:
+                self.delete(key)
+            return
+        if keys:
+            with self._guard(keys[0], "delete"):
+                self.fs.rm([self._path(key) for key in keys])  # DeleteObjects: absent keys are no error
 
     def move(self, key: str, target: str) -> bool:
         with self._guard(key, "rename"):

@@ -113,11 +113,12 @@ class LocalBackend:
             _discard(temp)
         return True
 
-    def get(self, key: str, at_most: int | None = None) -> bytes:
+    def get(self, key: str, at_most: int | None = None, offset: int = 0) -> bytes:
         path = self._contained(key)
         with self._guard(path, "read"):
             try:
                 with open(path, "rb") as f:
+                    f.seek(offset)
                     return f.read(-1 if at_most is None else at_most)
             except FileNotFoundError:
                 raise missing(self.url, key) from None
@@ -159,6 +160,10 @@ class LocalBackend:
             except FileNotFoundError:
                 return
             self._fsync_dir(os.path.dirname(path))
+
+    def delete_many(self, keys: list[str]) -> None:
+        for key in keys:
+            self.delete(key)
 
     def swap(self, key: str, expected: bytes | None, new: bytes) -> None:
         lock_path = self._path(key) + ".lock"

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import io
 import re
+import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from .backend import Backend
 from .digest import CHUNK_SIZE, chunk_digest_future, chunk_digests, chunk_ranges, root_digest
 from .errors import FormatError, IntegrityError, NotFoundError, ResourceLimitError
 
-__all__ = ["Hex64", "BlobRef", "BlobStore", "blob_key", "check_id"]
+__all__ = ["Hex64", "BlobRef", "BlobStore", "Pack", "blob_key", "check_id"]
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _MAX_BLOB = 1 << 48
@@ -39,20 +40,42 @@ def check_id(value: str, what: str = "id") -> str:
 
 
 class BlobRef(BaseModel):
-    """A blob's identity: root digest, size, and (for multi-chunk blobs) each chunk's digest."""
+    """A blob's identity: root digest, size, (for multi-chunk blobs) each chunk's digest, and the pack holding it if any.
+
+    A packed blob is the `size` bytes at `offset` of the pack object `blobs/<pack>`, which many sets'
+    blobs share; its `id` is still the digest of its own bytes, so it is verified like any blob.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: Hex64
     size: int = Field(ge=0, le=_MAX_BLOB)
     chunks: tuple[Hex64, ...] = ()
+    pack: Hex64 | None = None
+    offset: int = Field(default=0, ge=0, le=_MAX_BLOB)
 
     @model_validator(mode="after")
     def _chunk_count(self) -> "BlobRef":
         count = max(1, -(-self.size // CHUNK_SIZE))
         if (count > 1 and len(self.chunks) != count) or (count == 1 and self.chunks):
             raise ValueError(f"a blob of {self.size} bytes has {count} chunk(s), not {len(self.chunks) or 1}")
+        if self.pack is None and self.offset:
+            raise ValueError("an offset without a pack")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unpacked(self, handler):
+        # A blob of its own is written as before packs existed, so its manifests keep their bytes and ids.
+        out = handler(self)
+        if self.pack is None:
+            out.pop("pack", None)
+            out.pop("offset", None)
+        return out
+
+    @property
+    def object_id(self) -> str:
+        """The name of the object holding the bytes: the pack's, or the blob's own."""
+        return self.pack or self.id
 
 
 def blob_key(blob_id: str) -> str:
@@ -67,12 +90,14 @@ class BlobStore:
     def __init__(self, backend: Backend, max_bytes: int = _MAX_BLOB):
         self.backend = backend
         self.max_bytes = max_bytes
-        self._journal: list[tuple[BlobRef, memoryview]] | None = None
+        self._journal: list[tuple[str, memoryview]] | None = None
+        self._pack: Pack | None = None
 
     def put(self, data: bytes | memoryview | np.ndarray) -> BlobRef:
         """Store `data` and return its ref; an existing blob with the digest is reused if its size is right.
 
         A blob of the wrong size (truncated, or replaced) is rewritten: saving the data again heals it.
+        Inside `packing`, the bytes join the pack instead and are written with it.
         """
         view = memoryview(data).cast("B") if not isinstance(data, np.ndarray) else memoryview(data.reshape(-1).view(np.uint8))
         digests = chunk_digests(view)
@@ -81,17 +106,19 @@ class BlobStore:
             size=len(view),
             chunks=tuple(d.hex() for d in digests) if len(digests) > 1 else (),
         )
+        if self._pack is not None:
+            return self._pack.add(ref, view)
         key = blob_key(ref.id)
         if not self.backend.put(key, view, exclusive=True) and self._stored_size(key) != ref.size:
             self.backend.put(key, view, exclusive=False)
         if self._journal is not None:
-            self._journal.append((ref, view))
+            self._journal.append((ref.id, view))
         return ref
 
     def present(self, ref: BlobRef, data: bytes | memoryview) -> BlobRef:
         """A blob known to be stored whole (verified on reading): recorded for `ensure` like a put, not written."""
         if self._journal is not None:
-            self._journal.append((ref, memoryview(data)))
+            self._journal.append((ref.id, memoryview(data)))
         return ref
 
     def _stored_size(self, key: str) -> int | None:
@@ -102,24 +129,44 @@ class BlobStore:
             return None
 
     @contextmanager
-    def journal(self) -> Iterator[list[tuple[BlobRef, memoryview]]]:
-        """Record every blob put inside the block (its ref and bytes), so a writer can re-check them."""
+    def journal(self) -> Iterator[list[tuple[str, memoryview]]]:
+        """Record every object put inside the block (its blob or pack id and bytes), so a writer can re-check them."""
         self._journal = []
         try:
             yield self._journal
         finally:
             self._journal = None
 
-    def ensure(self, written: list[tuple[BlobRef, memoryview]]) -> int:
-        """Write again every recorded blob that is gone (collected since it was put); how many were."""
-        missing = [(ref, view) for ref, view in written if not self.backend.exists(blob_key(ref.id))]
-        for ref, view in missing:
-            self.backend.put(blob_key(ref.id), view, exclusive=True)
+    @contextmanager
+    def packing(self) -> Iterator["Pack"]:
+        """Every blob put inside the block goes into one new pack, which the caller writes with `write_pack`."""
+        self._pack = Pack()
+        try:
+            yield self._pack
+        finally:
+            self._pack = None
+
+    def write_pack(self, pack: "Pack") -> None:
+        """Write a pack's object (one request however many blobs it holds), recording it for `ensure`."""
+        data = pack.data()
+        if pack.refs:
+            self.backend.put(blob_key(pack.id), data, exclusive=False)
+            if self._journal is not None:
+                self._journal.append((pack.id, memoryview(data)))
+
+    def ensure(self, written: list[tuple[str, memoryview]]) -> int:
+        """Write again every recorded blob or pack that is gone (collected since it was put); how many were."""
+        unique = {blob_key(blob_id): view for blob_id, view in written}
+        missing = [(key, view) for key, view in unique.items() if not self.backend.exists(key)]
+        for key, view in missing:
+            self.backend.put(key, view, exclusive=True)
         return len(missing)
 
     def get(self, ref: BlobRef) -> np.ndarray:
         """The blob's bytes as a uint8 array, verified chunk by chunk while reading."""
         self._check_limit(ref.size, ref)
+        if ref.pack is not None:
+            return self._get_packed(ref)
         ranges = chunk_ranges(ref.size)
         with self._open(ref) as f:
             out = np.empty(ref.size, dtype=np.uint8)
@@ -134,8 +181,30 @@ class BlobStore:
         self._check([p.result() for p in pending], list(range(len(ranges))), ref)
         return out
 
+    def _get_packed(self, ref: BlobRef) -> np.ndarray:
+        """A packed blob: one ranged read of its pack, after checking the pack holds the range; verified whole."""
+        key = blob_key(ref.object_id)
+        try:
+            stored = self.backend.size(key)
+        except NotFoundError:
+            raise NotFoundError(f"pack {ref.object_id} is missing from {self.backend.url}; the store is damaged: "
+                                "restore it from a backup") from None
+        if ref.offset + ref.size > stored:
+            raise IntegrityError(f"pack {ref.object_id[:12]} holds {stored} bytes, too few for blob {ref.id[:12]} at "
+                                 f"{ref.offset}; run `mmstore verify` and restore the store from a backup")
+        data = self.backend.get(key, at_most=ref.size, offset=ref.offset) if ref.size else b""
+        if len(data) != ref.size:
+            raise IntegrityError(f"blob {ref.id} is truncated in pack {ref.object_id[:12]}; restore the store from a backup")
+        out = np.frombuffer(bytearray(data), dtype=np.uint8)
+        digests = chunk_digests(memoryview(out))
+        self._check(digests, list(range(len(digests))), ref)
+        return out
+
     def get_ranges(self, ref: BlobRef, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """Only the byte ranges asked for, reading and verifying just the chunks that hold them."""
+        if ref.pack is not None:  # packed blobs are small: read and verified whole
+            whole = self.get(ref)
+            return [whole[a:b] for a, b in ranges]
         chunk_ids = sorted({c for a, b in ranges for c in range(a // CHUNK_SIZE, max(a, b - 1) // CHUNK_SIZE + 1)})
         all_ranges = chunk_ranges(ref.size)
         buffers = {}
@@ -148,6 +217,30 @@ class BlobStore:
         self._check([chunk_digests(buffers[c])[0] for c in chunk_ids], chunk_ids, ref)
         return [_slice(buffers, a, b) for a, b in ranges]
 
+    def read_unverified(self, ref: BlobRef, start: int, length: int) -> np.ndarray:
+        """`length` bytes of the blob from `start`, in one ranged read; the caller verifies them against its own digest."""
+        if start < 0 or length < 0 or start + length > ref.size:
+            raise FormatError(f"bytes {start}..{start + length} lie outside blob {ref.id[:12]} of {ref.size} bytes; "
+                              "the store was forged or damaged")
+        self._check_limit(length, ref)
+        try:
+            data = self.backend.get(blob_key(ref.object_id), at_most=length, offset=ref.offset + start) if length else b""
+        except NotFoundError:
+            raise NotFoundError(f"blob {ref.object_id} is missing from {self.backend.url}; the store is damaged: "
+                                "restore it from a backup") from None
+        if len(data) != length:
+            raise IntegrityError(f"blob {ref.id[:12]} is truncated; run `mmstore verify` and restore the store from a backup")
+        return np.frombuffer(bytearray(data), dtype=np.uint8)
+
+    def read_object(self, object_id: str) -> bytes:
+        """A blob's or pack's stored bytes as they are, unverified, bounded by the size limit."""
+        key = blob_key(object_id)
+        size = self.backend.size(key)
+        if size > self.max_bytes:
+            raise ResourceLimitError(f"object {object_id[:12]} holds {size} bytes, more than the limit of {self.max_bytes}; "
+                                     "raise MMSTORE_MAX_SET_BYTES if you trust this store")
+        return self.backend.get(key, at_most=size)
+
     def exists(self, blob_id: str) -> bool:
         """Whether the blob is present (not verified)."""
         return self.backend.exists(blob_key(blob_id))
@@ -156,9 +249,9 @@ class BlobStore:
         """Remove a blob (callers make sure no set references it)."""
         self.backend.delete(blob_key(blob_id))
 
-    def stored_size(self, blob_id: str) -> int:
-        """Bytes the blob occupies in the backend."""
-        return self.backend.size(blob_key(blob_id))
+    def stored_size(self, ref: BlobRef) -> int:
+        """Bytes the blob occupies in the backend (a packed blob: its share of the pack)."""
+        return ref.size if ref.pack is not None else self.backend.size(blob_key(ref.id))
 
     def _check_limit(self, size: int, ref: BlobRef) -> None:
         if size > self.max_bytes:
@@ -197,6 +290,29 @@ class BlobStore:
                 )
         if ref.chunks and root_digest([bytes.fromhex(c) for c in ref.chunks], ref.size) != ref.id:
             raise IntegrityError(f"the chunk list recorded for blob {ref.id} does not match its id; the manifest was altered")
+
+
+class Pack:
+    """Blobs gathered to be written as one object: many small sets committed together cost one write."""
+
+    def __init__(self) -> None:
+        # Not content-addressed: the name is fixed before the bytes are, so refs to it are final at once.
+        self.id = secrets.token_hex(32)
+        self.refs: dict[str, BlobRef] = {}
+        self._parts: list[memoryview] = []
+        self._size = 0
+
+    def add(self, ref: BlobRef, view: memoryview) -> BlobRef:
+        """The packed ref of `view` (the same one for the same bytes)."""
+        if ref.id not in self.refs:
+            self.refs[ref.id] = ref.model_copy(update={"pack": self.id, "offset": self._size})
+            self._parts.append(view)
+            self._size += len(view)
+        return self.refs[ref.id]
+
+    def data(self) -> bytes:
+        """The pack's bytes: its blobs one after another."""
+        return b"".join(self._parts)
 
 
 def _read_exactly(f, view: memoryview, ref: BlobRef) -> None:

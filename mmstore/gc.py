@@ -74,8 +74,8 @@ def referenced_blobs(store) -> set[str]:
                 "set (`mmstore verify` lists damaged sets), then collect again"
             ) from None
         if manifest is not None:
-            ids.add(manifest.arch.id)
-            ids.update(ref.id for ref in manifest.blobs.values())
+            ids.add(manifest.arch.object_id)
+            ids.update(ref.object_id for ref in manifest.blobs.values())
     return ids
 
 

@@ -91,10 +91,12 @@ class Lifecycle:
             except (IntegrityError, NotFoundError):
                 try:
                     healthy = source.blobs.get(ref)
+                    # A packed blob is healed by its whole pack, taken once its own bytes verified there.
+                    whole = source.blobs.read_object(ref.pack) if ref.pack else memoryview(healthy)
                 except MMStoreError as exc:
                     raise MMStoreError(f"blob {ref.id[:12]} is damaged here and cannot be read from {source.url} ({exc}); "
                                        "restore it from a backup") from None
-                self.backend.put(blob_key(ref.id), memoryview(healthy), exclusive=False)
+                self.backend.put(blob_key(ref.object_id), whole, exclusive=False)
                 repaired.append(ref.id)
         return repaired
 
@@ -130,9 +132,9 @@ class Lifecycle:
         """Bytes this set adds to the store: its manifest plus blobs no set in its chain holds already."""
         chain = self.log(set_id)
         older = {ref.id for info in chain[1:] for ref in self._refs(self.manifest(info.id))}
-        own = {ref.id for ref in self._refs(self.manifest(chain[0].id))} - older
+        own = [ref for ref in {r.id: r for r in self._refs(self.manifest(chain[0].id))}.values() if ref.id not in older]
         manifest_bytes = self.backend.size(f"sets/{chain[0].id}.json")
-        return manifest_bytes + sum(self.blobs.stored_size(blob_id) for blob_id in own)
+        return manifest_bytes + sum(self.blobs.stored_size(ref) for ref in own)
 
     def sizes(self) -> dict[str, int]:
         """What every set adds to the store (as `size` computes it), in one walk over all chains."""
@@ -146,13 +148,13 @@ class Lifecycle:
         stack: list[tuple[str, bool]] = [(set_id, True) for set_id in children.get(None, [])]
         while stack:
             set_id, entering = stack.pop()
-            refs = {ref.id for ref in self._refs(self.manifest(set_id))}
+            refs = {ref.id: ref for ref in self._refs(self.manifest(set_id))}
             if not entering:
-                held.subtract(refs)
+                held.subtract(refs.keys())
                 continue
-            own = [blob_id for blob_id in refs if held[blob_id] <= 0]
-            sizes[set_id] = self.backend.size(f"sets/{set_id}.json") + sum(self.blobs.stored_size(b) for b in own)
-            held.update(refs)
+            own = [ref for blob_id, ref in refs.items() if held[blob_id] <= 0]
+            sizes[set_id] = self.backend.size(f"sets/{set_id}.json") + sum(self.blobs.stored_size(r) for r in own)
+            held.update(refs.keys())
             stack.append((set_id, False))
             stack.extend((child, True) for child in children.get(set_id, []))
         return sizes

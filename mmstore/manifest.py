@@ -13,7 +13,8 @@ import json
 from typing import Annotated, Any, Literal
 
 import pydantic_core
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, SerializeAsAny, StringConstraints, ValidationError
+from pydantic import (BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, SerializeAsAny, StringConstraints, ValidationError,
+                      model_validator)
 
 from .arch import ArchSpec
 from .blobs import BlobRef, Hex64
@@ -28,6 +29,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 2
+# A manifest naming packed blobs is marked 3, so a reader without packs asks for an upgrade instead of failing.
+PACKED_VERSION = 3
 # Manifests, architecture documents, recipes and fingerprints are small; a bigger one is not ours.
 MAX_DOCUMENT_BYTES = 4 << 20
 # Whole-string match; names ending like the store's own files (".lock", ".tmp-…") are refused.
@@ -91,7 +94,7 @@ class Manifest(BaseModel):
     # Python's engine: the lineage pattern needs a look-ahead; every pattern here is anchored with \A...\Z.
     model_config = ConfigDict(frozen=True, extra="forbid", regex_engine="python-re")
 
-    schema_version: Literal[2] = FORMAT_VERSION
+    schema_version: Literal[2, 3] = FORMAT_VERSION
     approach: Annotated[str, StringConstraints(pattern=r"\A[a-z][a-z0-9-]{0,63}\Z")]
     arch: BlobRef
     n_models: int = Field(ge=1, le=_MAX_MODELS, strict=True)  # strict: JSON true is not a model count
@@ -114,6 +117,21 @@ class Manifest(BaseModel):
         """The approach's blobs by role (the architecture document not included)."""
         return self.data.blob_refs()
 
+    @model_validator(mode="after")
+    def _version_matches_packs(self) -> "Manifest":
+        if (self.schema_version == PACKED_VERSION) != self._packed():
+            raise ValueError("format 3 marks exactly the manifests that name packed blobs")
+        return self
+
+    def _packed(self) -> bool:
+        return any(ref.pack is not None for ref in (self.arch, *self.blobs.values()))
+
+    @classmethod
+    def build(cls, **fields: Any) -> "Manifest":
+        """A new manifest, marked with the format its blobs need."""
+        manifest = cls.model_construct(**fields)
+        return cls(**fields, schema_version=PACKED_VERSION if manifest._packed() else FORMAT_VERSION)
+
     def encode(self) -> tuple[str, bytes]:
         """The set id and the manifest's bytes."""
         data = canonical_json(self)
@@ -129,14 +147,14 @@ class Manifest(BaseModel):
         if not isinstance(obj, dict):
             raise FormatError(f"{what} is not a JSON object; the store was forged or damaged")
         version = obj.get("schema_version")
-        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        if isinstance(version, int) and not isinstance(version, bool) and version > PACKED_VERSION:
             raise NewerFormatError(
                 f"set {set_id[:12]} was written by a newer mmstore (format {version}; this one reads up to "
-                f"{FORMAT_VERSION}); upgrade mmstore to read it"
+                f"{PACKED_VERSION}); upgrade mmstore to read it"
             )
         if version == 1:
             obj = _migrate_v1(obj, what)
-        elif version != FORMAT_VERSION:
+        elif version not in (FORMAT_VERSION, PACKED_VERSION) or isinstance(version, bool):
             raise FormatError(f"{what} has no valid format version ({str(version)[:20]}); the store was forged or damaged")
         approach = APPROACHES.get(obj.get("approach")) if isinstance(obj.get("approach"), str) else None
         if approach is None:

@@ -14,15 +14,15 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 from .aliases import content_of
 from .approaches import RecoveryContext, get_approach
 from .approaches.base import check_indices, recovery_context
-from .auto import AUTO, choose_approach
 from .backend import Backend, open_backend
+from .commit import Committing
 from .blobs import BlobRef, BlobStore
 from .digest import digest_bytes
 from .documents import StoreDocuments
 from .lifecycle import Lifecycle
 from .rebase import Rebasing
-from .errors import ArchitectureError, ConflictError, FormatError, IntegrityError, MMStoreError, NotFoundError
-from .manifest import LINEAGE_PATTERN, ArchDocument, Manifest, canonical_json
+from .errors import ConflictError, FormatError, IntegrityError, MMStoreError, NotFoundError
+from .manifest import LINEAGE_PATTERN, ArchDocument, Manifest
 from .modelset import ModelSet
 from .settings import Settings
 
@@ -49,7 +49,7 @@ class SetInfo(BaseModel):
     meta: dict[str, JsonValue]
 
 
-class Store(Lifecycle, Rebasing):
+class Store(Lifecycle, Rebasing, Committing):
     """Model sets on one backend: a local directory, s3://bucket/prefix or memory://name."""
 
     def __init__(self, backend: Backend, settings: Settings | None = None, clock: Callable[[], str] = _utc_now):
@@ -95,52 +95,14 @@ class Store(Lifecycle, Rebasing):
         if if_head is not None and head != if_head:
             raise ConflictError(f"lineage {lineage!r} no longer points at {if_head[:12]}; read it again and retry")
         base_id = self.resolve(base) if base else head
-        # The head may have been re-based since it was read: its id then leads to the new set.
-        base_manifest = self.documents.current(base_id) if base_id else None
-        if approach == AUTO:
-            approach = choose_approach(model_set, base_manifest, self, options).chosen
-            options = {k: v for k, v in options.items() if k != "provenance" or approach == "provenance"}
-        arch_doc = canonical_json(ArchDocument(arch=model_set.arch, layout=model_set.layout))
-        if base_manifest is not None and digest_bytes(arch_doc) != base_manifest.arch.id:
-            self._check_same_architecture(model_set, base_manifest)
-        self.documents.mark()
-        fields = {"base": base_id, "lineage": lineage, "created": self._clock(), "meta": meta or {}}
-        set_id = self._commit(model_set, approach, base_manifest, arch_doc, fields, **options).id
-        if lineage:
-            self._move_lineage(lineage, head, set_id)
-        return set_id
-
-    def _commit(self, model_set: ModelSet, approach: str, base: Manifest | None, arch_doc: bytes,
-                fields: dict[str, Any], **options: Any) -> Manifest:
-        """Write the set's blobs, then its manifest (the commit), then re-check the blobs."""
         with self.blobs.journal() as written:
-            arch_ref = self._arch_blob(arch_doc, base)
-            encoded = get_approach(approach).save(model_set, base, self, **options)
-            manifest = Manifest(approach=approach, arch=arch_ref, n_models=len(model_set), data=encoded.document, **fields)
-            set_id, data = manifest.encode()
-            self.backend.put(f"sets/{set_id}.json", data, exclusive=True)
-            # A concurrent gc may have collected a blob this save found present or wrote before the commit:
-            # checked after the commit, each is either there or written again (docs/architecture.md).
-            self.blobs.ensure(written)
-        self.documents.remember_manifest(manifest)
-        return manifest
+            manifest = self._encode(model_set, approach, base_id, lineage, meta, options)
+            self._write_manifests([manifest], written)
+        if lineage:
+            self._move_lineage(lineage, head, manifest.id)
+        return manifest.id
 
-    def _arch_blob(self, arch_doc: bytes, base: Manifest | None) -> BlobRef:
-        # The base's architecture document, read and verified in this process, is not written again (only re-checked).
-        if base is not None and base.arch.id == digest_bytes(arch_doc) and self.documents.verified_arch(base.arch.id):
-            return self.blobs.present(base.arch, arch_doc)
-        return self.blobs.put(arch_doc)
-
-    def _check_same_architecture(self, model_set: ModelSet, base: Manifest) -> None:
-        # The source digest may change with harmless edits; the factory, kwargs and layout may not.
-        doc = self.arch_document(base)
-        if (doc.arch.factory, doc.arch.kwargs, doc.layout) != (model_set.arch.factory, model_set.arch.kwargs, model_set.layout):
-            raise ArchitectureError(
-                f"the set has another architecture or layout than its base {base.id[:12]}; "
-                "start a new lineage for a new architecture"
-            )
-
-    def _lineage_head(self, lineage: str | None) -> str | None:
+    def _lineage_head(self, lineage: str | None, read: bool = True) -> str | None:
         if lineage is None:
             return None
         if not isinstance(lineage, str) or not _LINEAGE.fullmatch(lineage):
@@ -148,7 +110,7 @@ class Store(Lifecycle, Rebasing):
                 f"lineage name {str(lineage)[:80]!r} is invalid; use up to 128 letters, digits, '.', '_' and '-', "
                 "starting with a letter or digit, not ending in '.lock' and without '.tmp-'"
             )
-        return self.documents.ref(lineage)
+        return self.documents.ref(lineage) if read else None
 
     def _move_lineage(self, lineage: str, head: str | None, set_id: str) -> None:
         try:
@@ -204,6 +166,10 @@ class Store(Lifecycle, Rebasing):
             self._materialised[set_id] = rows.copy()
             while len(self._materialised) > self.settings.cache_sets:
                 self._materialised.popitem(last=False)
+
+    def forget(self, set_id: str) -> None:
+        """Drop a set's rows from those kept at hand."""
+        self._materialised.pop(set_id, None)
 
     def keep(self, set_id: str, model_set: ModelSet) -> None:
         """Hold a set the caller has in memory (checked against its content digest) for deltas against it."""

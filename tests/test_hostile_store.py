@@ -298,7 +298,7 @@ def test_an_unknown_codec_is_named(forgery):
 
 
 def test_a_newer_manifest_asks_for_an_upgrade(forgery):
-    forge.forge_manifest(forgery.root, "base", lambda m: m.update(schema_version=3))
+    forge.forge_manifest(forgery.root, "base", lambda m: m.update(schema_version=4))
     outcome = forgery.attempt("base", PARSE)
     for op in ("list", "recover", "verify"):
         assert isinstance(outcome[op], NewerFormatError) and "upgrade" in str(outcome[op]), (op, outcome[op])
