@@ -10,45 +10,27 @@ compare-and-swap, and a bundle delivered again changes nothing. What cannot be a
 
 from __future__ import annotations
 
-import json
-import re
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Literal
 
 import numpy as np
 
 from .backend import Backend, Entry
 from .bundle import BUNDLE_SUFFIX, Bundle, apply_bundle, bundle_time, change_mask, parse_bundle
+from .commit import LineageBatch
 from .errors import ConflictError, MMStoreError, NotFoundError
-from .manifest import LINEAGE_PATTERN, Manifest
+from .inbox import PENDING, Outcome, Swept, pending, quarantine, quarantine_key, sweep_inbox
+from .manifest import Manifest
 from .modelset import ModelSet
 from .store import Store
 
 __all__ = ["Outcome", "Swept", "pending", "ingest", "ingest_device", "quarantine_key", "sweep_inbox", "RECENT_VERSIONS"]
 
-_QUARANTINED = re.compile(r"quarantine/[^/]+/[0-9a-f]{64}\.(mmb|json)")
-_PENDING = re.compile(r"pending/(?P<device>[^/]+)/(?P<digest>[0-9a-f]{64})" + re.escape(BUNDLE_SUFFIX))
-_DEVICE = re.compile(LINEAGE_PATTERN)
 # How far back a stale or repeated bundle is looked for: a device is at most this many versions behind.
 RECENT_VERSIONS = 64
 _HEADER_ALLOWANCE = 1 << 20
-
-Status = Literal["committed", "duplicate", "deferred", "quarantined"]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one bundle."""
-
-    key: str
-    device: str
-    status: Status
-    set_id: str | None = None
-    reason: str = ""
-    nbytes: int = 0
+# Bundles committed together: one pack and one inbox deletion for this many, a few MB of parameters held.
+GROUP = 256
 
 
 @dataclass
@@ -60,53 +42,151 @@ class _Lineage:
     rows: np.ndarray
 
 
-def quarantine_key(device: str, digest: str) -> str:
-    """Where a rejected bundle is kept (its reason beside it, as `.json`)."""
-    return f"quarantine/{device}/{digest}{BUNDLE_SUFFIX}"
+def ingest(store: Store, inbox: Backend, devices: dict[str, list[Entry]], group: int = GROUP,
+           heads: dict[str, str] | None = None) -> list[Outcome]:
+    """Ingest the given bundles: each device's applied in the order their bases chain, committed in groups.
 
-
-def pending(inbox: Backend) -> dict[str, list[Entry]]:
-    """The bundles waiting in the inbox (key, size, time), by device, from one listing; other names are not bundles."""
-    found: dict[str, list[Entry]] = {}
-    for entry in inbox.scan("pending"):
-        match = _PENDING.fullmatch(entry.key)
-        if match and _DEVICE.fullmatch(match["device"]):
-            found.setdefault(match["device"], []).append(entry)
-    return {device: sorted(entries, key=lambda e: e.key) for device, entries in sorted(found.items())}
-
-
-def ingest(store: Store, inbox: Backend, devices: dict[str, list[Entry]]) -> list[Outcome]:
-    """Ingest the given bundles, device after device."""
-    return [outcome for device, entries in devices.items() for outcome in ingest_device(store, inbox, device, entries)]
+    `heads` holds the lineage heads a caller saw last (kept up to date here) and saves reading each
+    device's ref; a stale one costs a lost compare-and-swap and a retry, never a wrong commit.
+    """
+    heads = {} if heads is None else heads
+    outcomes: list[Outcome] = []
+    staged: list[_Staged] = []
+    for device, entries in devices.items():
+        stage = stage_device(store, inbox, device, entries, heads.pop(device, None))
+        outcomes += stage.outcomes
+        staged.append(stage)
+        if sum(len(s.accepted) for s in staged) >= group:
+            outcomes += _commit_group(store, inbox, staged, heads)
+            staged = []
+    return outcomes + _commit_group(store, inbox, staged, heads)
 
 
 def ingest_device(store: Store, inbox: Backend, device: str, entries: Iterable[Entry]) -> list[Outcome]:
     """Apply one device's bundles to its lineage in the order their bases chain."""
+    stage = stage_device(store, inbox, device, entries)
+    return stage.outcomes + _commit_group(store, inbox, [stage], {})
+
+
+@dataclass
+class _Staged:
+    """A device's bundles applied in memory: what to commit on top of `head`, and what became of the others."""
+
+    lineage: _Lineage
+    head: str
+    accepted: list[tuple[Bundle, np.ndarray, dict]]
+    outcomes: list[Outcome]
+
+
+def stage_device(store: Store, inbox: Backend, device: str, entries: Iterable[Entry], known: str | None = None) -> _Staged:
+    """Read, check and apply one device's bundles in memory (nothing is committed); a lineage moved meanwhile is read again once.
+
+    `known` is the head the caller saw last, used instead of reading the lineage's ref if it is still a set.
+    """
     entries = list(entries)
-    try:
-        lineage = _open_lineage(store, device)
-    except MMStoreError as exc:
-        reason = f"device {device!r} has no usable lineage in the store ({exc})"
-        return [_quarantine(inbox, device, entry.key, reason) for entry in entries]
-    outcomes, waiting = [], []
+    for attempt in range(2):
+        try:
+            lineage = _open_lineage(store, device, known if attempt == 0 else None)
+        except MMStoreError as exc:
+            reason = f"device {device!r} has no usable lineage in the store ({exc})"
+            return _Staged(None, "", [], [quarantine(inbox, device, entry.key, reason) for entry in entries])
+        try:
+            return _stage(store, inbox, lineage, entries)
+        except ConflictError as exc:
+            moved = str(exc)
+    return _Staged(lineage, lineage.head.id, [], [Outcome(e.key, device, "deferred", reason=moved) for e in entries])
+
+
+def _stage(store: Store, inbox: Backend, lineage: _Lineage, entries: list[Entry]) -> _Staged:
+    stage = _Staged(lineage, lineage.head.id, [], [])
+    waiting = []
     for entry in entries:
         try:
             waiting.append(_read(store, inbox, lineage, entry))
         except NotFoundError:
-            outcomes.append(Outcome(entry.key, device, "duplicate", reason="taken by another ingest run"))
+            stage.outcomes.append(Outcome(entry.key, lineage.name, "duplicate", reason="taken by another ingest run"))
         except MMStoreError as exc:
-            outcomes.append(_quarantine(inbox, device, entry.key, str(exc)))
+            stage.outcomes.append(quarantine(inbox, lineage.name, entry.key, str(exc)))
     waiting.sort(key=lambda b: (b.header.device_time, b.digest))
+    content = _content(lineage.head)
     while waiting:
-        bundle = next((b for b in waiting if b.header.base_content == _content(lineage.head)), None)
-        if bundle is None:
-            bundle = waiting[0]
+        bundle = next((b for b in waiting if b.header.base_content == content), waiting[0])
         waiting.remove(bundle)
-        outcomes.append(_apply(store, inbox, lineage, bundle, waiting))
+        key = f"pending/{lineage.name}/{bundle.digest}{BUNDLE_SUFFIX}"
+        try:
+            rows, meta, status = _apply(store, lineage, bundle, waiting, content, stage)
+        except MMStoreError as exc:
+            if isinstance(exc, ConflictError):
+                raise
+            stage.outcomes.append(quarantine(inbox, lineage.name, key, str(exc)))
+            continue
+        if status != "accepted":
+            stage.outcomes.append(Outcome(key, lineage.name, status, reason=meta.get("reason", ""), nbytes=bundle.nbytes))
+            continue
+        stage.accepted.append((bundle, rows, meta))
+        lineage.rows, content = rows, bundle.header.content
+    return stage
+
+
+def _apply(store: Store, lineage: _Lineage, bundle: Bundle, waiting: list[Bundle], content: str | None,
+           stage: _Staged) -> tuple[np.ndarray | None, dict, str]:
+    """The rows after `bundle` over the lineage's newest rows (committed or staged) and its set's metadata, or why not."""
+    header, layout = bundle.header, store.arch_document(lineage.head).layout
+    staged = {b.digest for b, _, _ in stage.accepted}
+    if header.content == content or bundle.digest in staged or _already_ingested(store, lineage, bundle.digest):
+        return None, {}, "duplicate"
+    meta = {"device_time": bundle_time(header), "bundle": bundle.digest, "bundle_kind": header.kind, "bundle_bytes": bundle.nbytes}
+    if header.base_content == content:
+        return apply_bundle(bundle, lineage.rows, layout), meta, "accepted"
+    base = _recent_with_content(store, lineage, header.base_content)
+    if base is None:
+        if any(other.header.content == header.base_content for other in waiting):
+            return None, {"reason": "waits for the bundle it builds on"}, "deferred"
+        if store.documents.ref(lineage.name) != lineage.head.id:
+            raise ConflictError(f"lineage {lineage.name!r} moved while its bundles were read")
+        raise MMStoreError("it starts from models the store never held for this device")
+    return _rebase(store, lineage, bundle, base), {**meta, "rebased_from": base.id}, "accepted"
+
+
+def _commit_group(store: Store, inbox: Backend, staged: list[_Staged], heads: dict[str, str]) -> list[Outcome]:
+    """Commit the staged versions of many devices at once; their bundles then leave the inbox in one request."""
+    staged = [s for s in staged if s.lineage is not None]
+    committing = [s for s in staged if s.accepted]
+    results = store.save_lineages([_batch(store, s) for s in committing])
+    outcomes = []
+    for stage in staged:
+        result = results.get(stage.lineage.name, [])
+        if isinstance(result, list):
+            heads[stage.lineage.name] = result[-1] if result else stage.head
+    for stage in committing:
+        result = results[stage.lineage.name]
+        for i, (bundle, _, _) in enumerate(stage.accepted):
+            key = f"pending/{stage.lineage.name}/{bundle.digest}{BUNDLE_SUFFIX}"
+            if isinstance(result, ConflictError):
+                outcomes.append(Outcome(key, stage.lineage.name, "deferred", reason=str(result)))
+            elif isinstance(result, MMStoreError):
+                outcomes.append(quarantine(inbox, stage.lineage.name, key, str(result)))
+            else:
+                outcomes.append(Outcome(key, stage.lineage.name, "committed", result[i], nbytes=bundle.nbytes))
+    done = [o.key for s in staged for o in s.outcomes if o.status == "duplicate"] + [o.key for o in outcomes if o.status == "committed"]
+    inbox.delete_many(done)
     return outcomes
 
 
-def _open_lineage(store: Store, device: str) -> _Lineage:
+def _batch(store: Store, stage: _Staged) -> LineageBatch:
+    doc = store.arch_document(stage.lineage.head)
+    return LineageBatch(stage.lineage.name, stage.head, [ModelSet(doc.arch, doc.layout, rows) for _, rows, _ in stage.accepted],
+                        [meta for _, _, meta in stage.accepted])
+
+
+def _open_lineage(store: Store, device: str, known: str | None = None) -> _Lineage:
+    if known is not None:
+        try:
+            head = store.manifest(known)
+            if head.lineage == device:
+                return _Lineage(device, head, store.recover_rows(known))
+        except MMStoreError:
+            pass  # pruned or re-based since: the ref says where the lineage is now
     head_id = store.documents.ref(device)
     if head_id is None:
         raise MMStoreError("no lineage of that name; deploy the fleet to it first")
@@ -115,7 +195,7 @@ def _open_lineage(store: Store, device: str) -> _Lineage:
 
 def _read(store: Store, inbox: Backend, lineage: _Lineage, entry: Entry) -> Bundle:
     key = entry.key
-    match = _PENDING.fullmatch(key)
+    match = PENDING.fullmatch(key)
     layout = store.arch_document(lineage.head).layout
     limit = 2 * lineage.head.n_models * layout.row_nbytes + _HEADER_ALLOWANCE
     what = f"bundle {key}"
@@ -130,47 +210,6 @@ def _read(store: Store, inbox: Backend, lineage: _Lineage, entry: Entry) -> Bund
     if bundle.header.arch != lineage.head.arch.id or bundle.header.n_models != lineage.head.n_models:
         raise MMStoreError(f"{what} holds models of another architecture or count than lineage {lineage.name!r}")
     return bundle
-
-
-def _apply(store: Store, inbox: Backend, lineage: _Lineage, bundle: Bundle, waiting: list[Bundle]) -> Outcome:
-    """Commit one bundle; a lineage another ingest run moved meanwhile is read again and the bundle retried once."""
-    key = f"pending/{lineage.name}/{bundle.digest}{BUNDLE_SUFFIX}"
-    conflict = ""
-    for _ in range(2):
-        try:
-            return _apply_to_head(store, inbox, lineage, bundle, waiting, key)
-        except ConflictError as exc:
-            conflict = str(exc)
-            _reload(store, lineage)
-        except MMStoreError as exc:
-            return _quarantine(inbox, lineage.name, key, str(exc))
-    return Outcome(key, lineage.name, "deferred", reason=conflict)
-
-
-def _apply_to_head(store: Store, inbox: Backend, lineage: _Lineage, bundle: Bundle, waiting: list[Bundle], key: str) -> Outcome:
-    header, layout = bundle.header, store.arch_document(lineage.head).layout
-    if header.content == _content(lineage.head) or _already_ingested(store, lineage, bundle.digest):
-        inbox.delete(key)
-        return Outcome(key, lineage.name, "duplicate", lineage.head.id, nbytes=bundle.nbytes)
-    if header.base_content == _content(lineage.head):
-        rows, rebased = apply_bundle(bundle, lineage.rows, layout), None
-    else:
-        base = _recent_with_content(store, lineage, header.base_content)
-        if base is None:
-            if any(other.header.content == header.base_content for other in waiting):
-                return Outcome(key, lineage.name, "deferred", reason="waits for the bundle it builds on")
-            if store.documents.ref(lineage.name) != lineage.head.id:
-                raise ConflictError(f"lineage {lineage.name!r} moved while its bundles were read")
-            return _quarantine(inbox, lineage.name, key, "it starts from models the store never held for this device")
-        rows, rebased = _rebase(store, lineage, bundle, base), base.id
-    set_id = _commit(store, lineage, bundle, rows, rebased)
-    inbox.delete(key)
-    return Outcome(key, lineage.name, "committed", set_id, nbytes=bundle.nbytes)
-
-
-def _reload(store: Store, lineage: _Lineage) -> None:
-    fresh = _open_lineage(store, lineage.name)
-    lineage.head, lineage.rows = fresh.head, fresh.rows
 
 
 def _rebase(store: Store, lineage: _Lineage, bundle: Bundle, base: Manifest) -> np.ndarray:
@@ -188,19 +227,6 @@ def _rebase(store: Store, lineage: _Lineage, bundle: Bundle, base: Manifest) -> 
         columns = slice(spec.offset, spec.offset + spec.nbytes)
         rows[ours[:, t], columns] = new[ours[:, t], columns]
     return rows
-
-
-def _commit(store: Store, lineage: _Lineage, bundle: Bundle, rows: np.ndarray, rebased: str | None) -> str:
-    header = bundle.header
-    doc = store.arch_document(lineage.head)
-    meta = {"device_time": bundle_time(header), "bundle": bundle.digest, "bundle_kind": header.kind, "bundle_bytes": bundle.nbytes}
-    if rebased:
-        meta["rebased_from"] = rebased
-    # No base: the lineage's head is the base, and `if_head` makes sure it is still the one the bundle was applied to.
-    set_id = store.save(ModelSet(doc.arch, doc.layout, rows), "update", lineage=lineage.name, meta=meta, if_head=lineage.head.id)
-    store.remember(set_id, rows)
-    lineage.head, lineage.rows = store.manifest(set_id), rows
-    return set_id
 
 
 def _versions(store: Store, lineage: _Lineage) -> list[Manifest]:
@@ -222,39 +248,3 @@ def _recent_with_content(store: Store, lineage: _Lineage, content: str) -> Manif
 
 def _content(manifest: Manifest) -> str | None:
     return getattr(manifest.data, "content", None)
-
-
-def _quarantine(inbox: Backend, device: str, key: str, reason: str) -> Outcome:
-    digest = key.rsplit("/", 1)[-1].removesuffix(BUNDLE_SUFFIX)
-    target = quarantine_key(device, digest)
-    note = {"reason": reason, "bundle": key, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    inbox.put(target.removesuffix(BUNDLE_SUFFIX) + ".json", json.dumps(note).encode(), exclusive=False)
-    inbox.move(key, target)
-    return Outcome(key, device, "quarantined", reason=reason)
-
-
-@dataclass(frozen=True)
-class Swept:
-    """What a sweep of the inbox removed: unfinished uploads and quarantined bundles past their keeping time."""
-
-    unfinished: int
-    quarantined: int
-    nbytes: int
-
-
-def sweep_inbox(inbox: Backend, grace: float, keep_quarantined: float, now: float | None = None) -> Swept:
-    """Remove what is not a bundle below `pending/` after `grace` seconds, and quarantined ones after `keep_quarantined`.
-
-    Waiting bundles are never removed: only ingest takes them, by committing or quarantining them.
-    """
-    now = time.time() if now is None else now
-    unfinished = quarantined = nbytes = 0
-    for entry in inbox.scan("pending") + inbox.scan("quarantine"):
-        if _QUARANTINED.fullmatch(entry.key):
-            if entry.mtime < now - keep_quarantined:
-                inbox.delete(entry.key)
-                quarantined, nbytes = quarantined + 1, nbytes + entry.size
-        elif not _PENDING.fullmatch(entry.key) and entry.mtime < now - grace:
-            inbox.delete(entry.key)
-            unfinished, nbytes = unfinished + 1, nbytes + entry.size
-    return Swept(unfinished + inbox.abort_uploads(now - grace), quarantined, nbytes)

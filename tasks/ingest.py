@@ -16,8 +16,8 @@ __all__ = ["pending_batches", "ingest_batch", "index_versions", "sweep"]
 
 # Rows of every device a batch touches stay at hand: a device's next bundle is a delta on them.
 _CACHED_SETS = 4096
-# Devices go to the same ingest slot in every run, whose store keeps their newest rows between runs.
-_STORES: dict[tuple[str, int], Store] = {}
+# Devices go to the same ingest slot in every run, whose store keeps their newest rows and heads between runs.
+_SLOTS: dict[tuple[str, int], tuple[Store, dict[str, str]]] = {}
 
 
 @task(name="pending-batches", retries=2, retry_delay_seconds=1)
@@ -32,10 +32,10 @@ def pending_batches(inbox_url: str, batches: int) -> dict[int, dict[str, list[En
 @task(name="ingest-batch")
 def ingest_batch(store_url: str, inbox_url: str, slot: int, batch: dict[str, list[Entry]]) -> list[dict]:
     """Apply one slot's devices' bundles to their lineages; what became of each bundle."""
-    store = _STORES.get((store_url, slot))
-    if store is None:
-        store = _STORES[(store_url, slot)] = Store.open(store_url, Settings(cache_sets=_CACHED_SETS))
-    return [asdict(outcome) for outcome in ingest(store, open_backend(inbox_url), batch)]
+    if (store_url, slot) not in _SLOTS:
+        _SLOTS[(store_url, slot)] = Store.open(store_url, Settings(cache_sets=_CACHED_SETS)), {}
+    store, heads = _SLOTS[(store_url, slot)]
+    return [asdict(outcome) for outcome in ingest(store, open_backend(inbox_url), batch, heads=heads)]
 
 
 @task(name="index-versions", retries=2, retry_delay_seconds=1)

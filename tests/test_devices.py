@@ -123,6 +123,42 @@ def test_a_stale_bundle_that_conflicts_is_quarantined_with_its_reason(fleet):
     assert note["reason"] == outcome.reason and fleet.versions("car-2")[0] == head
 
 
+def test_heads_remembered_from_an_earlier_run_that_went_stale_cost_a_retry_never_a_wrong_commit(fleet):
+    heads: dict[str, str] = {}
+    device = fleet.device("car-0")
+    first = changed(device.base, 0, seed=21)
+    device.push(first)
+    assert [o.status for o in ingest(fleet.open(), fleet.inbox, pending(fleet.inbox), heads=heads)] == ["committed"]
+    assert heads["car-0"] == fleet.versions("car-0")[0]
+    # Another writer moves the lineage on; the remembered head is now stale.
+    central = changed(first, 2, seed=22)
+    fleet.open().save(central, "update", lineage="car-0")
+    device.pull()
+    device.push(changed(central, 1, seed=23))  # builds on the head the remembered one does not know
+    device_two = fleet.device("car-1")
+    device_two.push(changed(device_two.base, 3, seed=24))
+    outcomes = ingest(fleet.open(), fleet.inbox, pending(fleet.inbox), heads={**heads, "car-1": fleet.fleet_id})
+    assert sorted(o.status for o in outcomes) == ["committed", "committed"]
+    assert fleet.open().recover("car-0").equals(changed(central, 1, seed=23))
+    assert fleet.open().recover("car-1").equals(changed(device_two.base, 3, seed=24))
+    assert pending(fleet.inbox) == {} and fleet.open().verify()
+
+
+def test_a_group_of_devices_commits_as_one_pack_and_one_inbox_deletion(tmp_path):
+    fleet = Fleet(str(tmp_path / "store"), str(tmp_path / "inbox"))
+    for name in DEVICES:
+        device = fleet.device(name)
+        device.push(changed(device.base, 1, seed=len(name) + 30))
+    calls = []
+    inbox = fleet.inbox
+    counting = type("Counting", (), {"__getattr__": lambda self, n: (calls.append(n), getattr(inbox, n))[1]})()
+    outcomes = ingest(fleet.open(), counting, pending(fleet.inbox))
+    assert [o.status for o in outcomes] == ["committed"] * len(DEVICES)
+    assert calls.count("delete_many") == 1 and "delete" not in calls
+    packs = {fleet.open().manifest(fleet.versions(name)[0]).data.values.pack for name in DEVICES}
+    assert len(packs) == 1 and None not in packs
+
+
 def test_two_ingests_at_once_commit_every_bundle_exactly_once(tmp_path):
     fleet = Fleet(str(tmp_path / "store"), str(tmp_path / "inbox"))
     expected = {}

@@ -1,0 +1,89 @@
+"""The inbox devices push to: which bundles wait, where rejected ones go, and sweeping what is left behind.
+
+Bundles wait as `pending/<device>/<digest>.mmb`; a rejected one moves to `quarantine/<device>/` with a
+`<digest>.json` beside it stating the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Literal
+
+from .backend import Backend, Entry
+from .bundle import BUNDLE_SUFFIX
+from .manifest import LINEAGE_PATTERN
+
+__all__ = ["PENDING", "Outcome", "Swept", "pending", "quarantine", "quarantine_key", "sweep_inbox"]
+
+_QUARANTINED = re.compile(r"quarantine/[^/]+/[0-9a-f]{64}\.(mmb|json)")
+PENDING = re.compile(r"pending/(?P<device>[^/]+)/(?P<digest>[0-9a-f]{64})" + re.escape(BUNDLE_SUFFIX))
+_DEVICE = re.compile(LINEAGE_PATTERN)
+
+Status = Literal["committed", "duplicate", "deferred", "quarantined"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one bundle."""
+
+    key: str
+    device: str
+    status: Status
+    set_id: str | None = None
+    reason: str = ""
+    nbytes: int = 0
+
+
+def quarantine_key(device: str, digest: str) -> str:
+    """Where a rejected bundle is kept (its reason beside it, as `.json`)."""
+    return f"quarantine/{device}/{digest}{BUNDLE_SUFFIX}"
+
+
+def pending(inbox: Backend) -> dict[str, list[Entry]]:
+    """The bundles waiting in the inbox (key, size, time), by device, from one listing; other names are not bundles."""
+    found: dict[str, list[Entry]] = {}
+    for entry in inbox.scan("pending"):
+        match = PENDING.fullmatch(entry.key)
+        if match and _DEVICE.fullmatch(match["device"]):
+            found.setdefault(match["device"], []).append(entry)
+    return {device: sorted(entries, key=lambda e: e.key) for device, entries in sorted(found.items())}
+
+
+def quarantine(inbox: Backend, device: str, key: str, reason: str) -> Outcome:
+    digest = key.rsplit("/", 1)[-1].removesuffix(BUNDLE_SUFFIX)
+    target = quarantine_key(device, digest)
+    note = {"reason": reason, "bundle": key, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    inbox.put(target.removesuffix(BUNDLE_SUFFIX) + ".json", json.dumps(note).encode(), exclusive=False)
+    inbox.move(key, target)
+    return Outcome(key, device, "quarantined", reason=reason)
+
+
+@dataclass(frozen=True)
+class Swept:
+    """What a sweep of the inbox removed: unfinished uploads and quarantined bundles past their keeping time."""
+
+    unfinished: int
+    quarantined: int
+    nbytes: int
+
+
+def sweep_inbox(inbox: Backend, grace: float, keep_quarantined: float, now: float | None = None) -> Swept:
+    """Remove what is not a bundle below `pending/` after `grace` seconds, and quarantined ones after `keep_quarantined`.
+
+    Waiting bundles are never removed: only ingest takes them, by committing or quarantining them.
+    """
+    now = time.time() if now is None else now
+    unfinished = quarantined = nbytes = 0
+    for entry in inbox.scan("pending") + inbox.scan("quarantine"):
+        if _QUARANTINED.fullmatch(entry.key):
+            if entry.mtime < now - keep_quarantined:
+                inbox.delete(entry.key)
+                quarantined, nbytes = quarantined + 1, nbytes + entry.size
+        elif not PENDING.fullmatch(entry.key) and entry.mtime < now - grace:
+            inbox.delete(entry.key)
+            unfinished, nbytes = unfinished + 1, nbytes + entry.size
+    return Swept(unfinished + inbox.abort_uploads(now - grace), quarantined, nbytes)
