@@ -2,6 +2,7 @@
 
 from .arch import ArchSpec, register_factory, register_group_trainer, register_trainer
 from .catalog import Catalog
+from .commit import LineageBatch
 from .errors import (
     ArchitectureError,
     IntegrityError,
@@ -22,6 +23,7 @@ __all__ = [
     "Settings",
     "SetInfo",
     "RecoveryContext",
+    "LineageBatch",
     "MMStoreError",
     "IntegrityError",
     "NotFoundError",

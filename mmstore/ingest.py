@@ -10,6 +10,7 @@ compare-and-swap, and a bundle delivered again changes nothing. What cannot be a
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -180,17 +181,46 @@ def _batch(store: Store, stage: _Staged) -> LineageBatch:
 
 
 def _open_lineage(store: Store, device: str, known: str | None = None) -> _Lineage:
+    lineage = _find_lineage(store, device, known)
+    return _Lineage(device, lineage, store.recover_rows(lineage.id))
+
+
+def _find_lineage(store: Store, device: str, known: str | None) -> Manifest:
     if known is not None:
         try:
             head = store.manifest(known)
             if head.lineage == device:
-                return _Lineage(device, head, store.recover_rows(known))
+                return head
         except MMStoreError:
             pass  # pruned or re-based since: the ref says where the lineage is now
     head_id = store.documents.ref(device)
     if head_id is None:
         raise MMStoreError("no lineage of that name; deploy the fleet to it first")
-    return _Lineage(device, store.manifest(head_id), store.recover_rows(head_id))
+    head = store.manifest(head_id)
+    if getattr(head.data, "kind", None) == "slice" and store.cached_rows(head_id) is None and head.base:
+        _hold_deployed(store, head.base)
+    return head
+
+
+_DEPLOYED: dict[tuple[str, str], np.ndarray] = {}
+_DEPLOYED_LOCK = threading.Lock()
+# A deployed set up to this size is read whole once per process: every device's first bundle is a slice of it.
+_DEPLOYED_BYTES = 1 << 30
+
+
+def _hold_deployed(store: Store, set_id: str) -> None:
+    """Keep the deployed fleet set's rows at hand, shared read-only by every ingest slot of this process."""
+    manifest = store.manifest(set_id)
+    if manifest.n_models * store.arch_document(manifest).layout.row_nbytes > _DEPLOYED_BYTES:
+        return  # each device's slice is then read on its own, as exactly its bytes
+    with _DEPLOYED_LOCK:
+        rows = _DEPLOYED.get((store.url, set_id))
+        if rows is None:
+            rows = store.recover_rows(set_id)
+            rows.setflags(write=False)
+            _DEPLOYED.clear()  # one deployed set at a time: a new deployment replaces the last
+            _DEPLOYED[(store.url, set_id)] = rows
+    store.remember(set_id, rows, copy=False)
 
 
 def _read(store: Store, inbox: Backend, lineage: _Lineage, entry: Entry) -> Bundle:

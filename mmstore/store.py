@@ -160,10 +160,10 @@ class Store(Lifecycle, Rebasing, Committing):
             self._materialised.move_to_end(set_id)
         return rows
 
-    def remember(self, set_id: str, rows: np.ndarray) -> None:
-        """Keep a private copy of a set's rows, evicting the least recently used beyond the limit."""
+    def remember(self, set_id: str, rows: np.ndarray, copy: bool = True) -> None:
+        """Keep a private copy of a set's rows (or, with `copy=False`, rows nobody modifies), evicting beyond the limit."""
         if self.settings.cache_sets:
-            self._materialised[set_id] = rows.copy()
+            self._materialised[set_id] = rows.copy() if copy else rows
             while len(self._materialised) > self.settings.cache_sets:
                 self._materialised.popitem(last=False)
 
