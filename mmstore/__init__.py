@@ -2,7 +2,7 @@
 
 from .arch import ArchSpec, register_factory, register_group_trainer, register_trainer
 from .catalog import Catalog
-from .commit import LineageBatch
+from .commit import LineageBatch, NewVersion
 from .errors import (
     ArchitectureError,
     IntegrityError,
@@ -24,6 +24,7 @@ __all__ = [
     "SetInfo",
     "RecoveryContext",
     "LineageBatch",
+    "NewVersion",
     "MMStoreError",
     "IntegrityError",
     "NotFoundError",

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_serializer
 
 from . import codecs
 from .blobs import Hex64
@@ -23,7 +23,7 @@ from .errors import FormatError, IntegrityError
 from .layout import Layout
 from .manifest import MAX_DOCUMENT_BYTES, LineageName, parse_document, parse_json
 
-__all__ = ["BundleHeader", "Bundle", "BUNDLE_SUFFIX", "encode_bundle", "parse_bundle", "change_mask", "apply_bundle", "bundle_time"]
+__all__ = ["BundleHeader", "Bundle", "BUNDLE_SUFFIX", "encode_bundle", "frame", "parse_bundle", "change_mask", "apply_bundle", "bundle_time"]
 
 MAGIC = b"MMSTORE-BUNDLE\n"
 BUNDLE_SUFFIX = ".mmb"
@@ -38,7 +38,7 @@ class BundleHeader(BaseModel):
 
     schema_version: Literal[1] = 1
     device: LineageName
-    kind: Literal["delta", "full"]
+    kind: Literal["delta", "full", "provenance"]
     base_set: Hex64 | None = None
     base_content: Hex64
     content: Hex64
@@ -48,6 +48,18 @@ class BundleHeader(BaseModel):
     device_time: AwareDatetime
     codec: str = Field(max_length=64)
     segments: tuple[int, ...] = Field((), max_length=_MAX_TENSORS)
+    # A provenance bundle holds no tensors: its training record, then the datasets the server lacks.
+    record_bytes: int = Field(0, ge=0, le=MAX_DOCUMENT_BYTES)
+    datasets: tuple[Annotated[int, Field(ge=0, le=1 << 40)], ...] = Field((), max_length=1 << 16)
+
+    @model_serializer(mode="wrap")
+    def _omit_no_record(self, handler):
+        # Tensor bundles keep the exact header bytes they had before provenance bundles existed.
+        out = handler(self)
+        if self.kind != "provenance":
+            out.pop("record_bytes", None)
+            out.pop("datasets", None)
+        return out
 
     def mask_bytes(self) -> int:
         """Length of the packed change mask: one bit per (model, tensor)."""
@@ -86,9 +98,13 @@ def encode_bundle(header: BundleHeader, new: np.ndarray, base: np.ndarray, layou
         base_values = None if full else base[rows, columns].reshape(-1)
         segments.append(codecs.encode(new[rows, columns].reshape(-1), spec.itemsize, header.codec, base_values))
     header = header.model_copy(update={"segments": tuple(len(s) for s in segments)})
+    return frame(header, np.packbits(mask.reshape(-1), bitorder="little").tobytes(), *segments)
+
+
+def frame(header: BundleHeader, *parts: bytes) -> bytes:
+    """A bundle's bytes: the magic line, the header's length and JSON, then its parts."""
     text = header.model_dump_json().encode()
-    packed = np.packbits(mask.reshape(-1), bitorder="little").tobytes()
-    return b"".join([MAGIC, _LENGTH.pack(len(text)), text, packed, *segments])
+    return b"".join([MAGIC, _LENGTH.pack(len(text)), text, *parts])
 
 
 def parse_bundle(data: bytes, name_digest: str, device: str, layout: Layout, what: str) -> Bundle:
@@ -105,6 +121,10 @@ def parse_bundle(data: bytes, name_digest: str, device: str, layout: Layout, wha
     if header.device != device:
         raise FormatError(f"{what} names device {header.device!r} but arrived in the inbox of {device!r}")
     codecs.CODECS.get(header.codec)
+    if header.kind == "provenance":
+        return _provenance_parts(data, name_digest, header, start + length, layout, what)
+    if header.record_bytes or header.datasets:
+        raise FormatError(f"{what} is a {header.kind} bundle that carries a training record")
     if len(header.segments) != len(layout.tensors) or header.row_nbytes != layout.row_nbytes:
         raise FormatError(f"{what} was made for another architecture than the lineage's ({len(header.segments)} tensors, "
                           f"rows of {header.row_nbytes} bytes)")
@@ -121,6 +141,19 @@ def parse_bundle(data: bytes, name_digest: str, device: str, layout: Layout, wha
         views.append(view[cursor : cursor + size])
         cursor += size
     return Bundle(name_digest, header, mask, tuple(views), len(data))
+
+
+def _provenance_parts(data: bytes, name_digest: str, header: BundleHeader, cursor: int, layout: Layout, what: str) -> Bundle:
+    """A provenance bundle's record and datasets as views, once their sizes add up to the bundle's."""
+    if header.segments or header.row_nbytes != layout.row_nbytes or header.codec != "raw":
+        raise FormatError(f"{what} is a provenance bundle with tensor segments, another row size or a codec")
+    if header.record_bytes == 0 or cursor + header.record_bytes + sum(header.datasets) != len(data):
+        raise FormatError(f"{what}'s record and datasets do not add up to its size")
+    views, view = [], memoryview(data)
+    for size in (header.record_bytes, *header.datasets):
+        views.append(view[cursor : cursor + size])
+        cursor += size
+    return Bundle(name_digest, header, np.zeros((header.n_models, 0), dtype=bool), tuple(views), len(data))
 
 
 def apply_bundle(bundle: Bundle, base: np.ndarray, layout: Layout) -> np.ndarray:

@@ -25,7 +25,17 @@ from .errors import ArchitectureError, ConflictError, MMStoreError
 from .manifest import ArchDocument, Manifest, canonical_json
 from .modelset import ModelSet
 
-__all__ = ["LineageBatch", "Committing"]
+__all__ = ["NewVersion", "LineageBatch", "Committing"]
+
+
+@dataclass
+class NewVersion:
+    """One new version: its models, its metadata, and how it is saved (the approach and its options)."""
+
+    models: ModelSet
+    meta: dict[str, JsonValue] = field(default_factory=dict)
+    approach: str = "update"
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -34,8 +44,7 @@ class LineageBatch:
 
     lineage: str
     head: str
-    versions: list[ModelSet] = field(default_factory=list)
-    metas: list[dict[str, JsonValue]] = field(default_factory=list)
+    versions: list[NewVersion] = field(default_factory=list)
 
 
 class Committing:
@@ -96,7 +105,7 @@ class Committing:
                 "start a new lineage for a new architecture"
             )
 
-    def save_lineages(self, batches: Sequence[LineageBatch], approach: str = "update") -> dict[str, list[str] | MMStoreError]:
+    def save_lineages(self, batches: Sequence[LineageBatch]) -> dict[str, list[str] | MMStoreError]:
         """Commit every batch's versions; per lineage, the new set ids (oldest first) or why nothing moved.
 
         The lineage's head is not read: the swap compares it. Each version's rows are kept at hand
@@ -111,7 +120,7 @@ class Committing:
                 for batch in batches:
                     try:
                         self._lineage_head(batch.lineage, read=False)
-                        planned.append((batch, self._encode_versions(batch, approach)))
+                        planned.append((batch, self._encode_versions(batch)))
                     except MMStoreError as exc:
                         results[batch.lineage] = exc
             self.blobs.write_pack(pack)
@@ -126,13 +135,13 @@ class Committing:
                 results[batch.lineage] = [m.id for m in manifests]
         return results
 
-    def _encode_versions(self, batch: LineageBatch, approach: str) -> list[Manifest]:
+    def _encode_versions(self, batch: LineageBatch) -> list[Manifest]:
         manifests, base_id = [], batch.head
         try:
-            for model_set, meta in zip(batch.versions, batch.metas, strict=True):
-                manifest = self._encode(model_set, approach, base_id, batch.lineage, meta, {})
+            for version in batch.versions:
+                manifest = self._encode(version.models, version.approach, base_id, batch.lineage, version.meta, version.options)
                 self.documents.remember_manifest(manifest)  # the next version's base, before it is stored
-                self.remember(manifest.id, model_set.data)
+                self.remember(manifest.id, version.models.data)
                 manifests.append(manifest)
                 base_id = manifest.id
         except MMStoreError:

@@ -14,13 +14,14 @@ from datetime import datetime, timezone
 
 from .backend import Backend
 from .bundle import BUNDLE_SUFFIX, BundleHeader, encode_bundle
-from .costmodel import Choice, Option, choose, delta_seconds, snapshot_seconds
+from .bundle_provenance import DatasetClaim, DeviceRecord, encode_provenance_bundle
+from .costmodel import Choice, Option, choose, delta_seconds, replay_seconds, snapshot_seconds
 from .digest import digest_bytes
 from .errors import MMStoreError
 from .modelset import ModelSet
 from .store import Store
 
-__all__ = ["deploy", "Device", "Push", "pending_key", "DELTA_CODEC", "FULL_CODEC"]
+__all__ = ["deploy", "Device", "Push", "Training", "pending_key", "DELTA_CODEC", "FULL_CODEC"]
 
 DELTA_CODEC = "xor-group-zstd"
 FULL_CODEC = "group-zstd"
@@ -49,6 +50,22 @@ def deploy(store: Store, fleet_set: str, devices: Sequence[str], models_per_devi
 
 
 @dataclass(frozen=True)
+class Training:
+    """How a device retrained its models: the trainer, its named recipes, per model its recipe and data, the environment."""
+
+    trainer: str
+    recipes: dict[str, dict]
+    changes: dict[int, tuple[str, bytes]]
+    environment: str
+
+    def record(self) -> tuple[DeviceRecord, dict[str, bytes]]:
+        """The record a provenance bundle carries and the datasets it sends, by digest."""
+        datasets = {digest_bytes(data): data for _, data in self.changes.values()}
+        claims = {m: (recipe, DatasetClaim(digest=digest_bytes(data), size=len(data))) for m, (recipe, data) in self.changes.items()}
+        return DeviceRecord(trainer=self.trainer, recipes=self.recipes, changes=claims, environment=self.environment), datasets
+
+
+@dataclass(frozen=True)
 class Push:
     """What one push sent: the inbox key, the bundle's bytes, the bytes of sending every tensor, the choice."""
 
@@ -74,10 +91,12 @@ class Device:
         self.depth = 0
         return self.base
 
-    def push(self, models: ModelSet, device_time: str | None = None, kind: str = "auto", dry_run: bool = False) -> Push:
+    def push(self, models: ModelSet, device_time: str | None = None, kind: str = "auto", dry_run: bool = False,
+             training: Training | None = None) -> Push:
         """Send `models` (retrained from the base) as one bundle; it becomes the base of the next push.
 
-        With `dry_run`, only say what would be sent.
+        With `training` (how the models were retrained), sending that record and its data is an option
+        too. With `dry_run`, only say what would be sent.
         """
         if self.base is None:
             raise MMStoreError(f"device {self.name} has no base models; pull before pushing")
@@ -92,10 +111,12 @@ class Device:
             "delta": encode_bundle(header, models.data, self.base.data, models.layout),
             "full": encode_bundle(header.model_copy(update={"kind": "full", "codec": FULL_CODEC}), models.data, self.base.data, models.layout),
         }
-        choice = self.explain(encoded)
+        if training is not None:
+            encoded["provenance"] = encode_provenance_bundle(header, *training.record())
+        choice = self.explain(encoded, len(training.changes) if training else 0)
         chosen = choice.chosen if kind == "auto" else kind
         if chosen not in encoded:
-            raise MMStoreError(f"unknown bundle kind {kind!r}; choose auto, delta or full")
+            raise MMStoreError(f"unknown bundle kind {kind!r}; choose auto, delta, full or (with training) provenance")
         data = encoded[chosen]
         key = pending_key(self.name, digest_bytes(data))
         if dry_run or self.inbox is None:
@@ -105,13 +126,16 @@ class Device:
         self.depth = 0 if chosen == "full" else self.depth + 1
         return Push(key, chosen, len(data), len(encoded["full"]), choice)
 
-    def explain(self, encoded: dict[str, bytes]) -> Choice:
-        """The cost model's view of sending the changed tensors or every tensor."""
+    def explain(self, encoded: dict[str, bytes], retrained: int = 0) -> Choice:
+        """The cost model's view of sending the changed tensors, every tensor, or (if encoded) how they were trained."""
         settings, full, delta = self.store.settings, len(encoded["full"]), len(encoded["delta"])
-        return choose([
-            Option("delta", delta, delta, delta_seconds(full, delta, self.depth + 1, settings)),
-            Option("full", full, full, snapshot_seconds(full, settings)),
-        ], settings)
+        after = delta_seconds(full, delta, self.depth + 1, settings)
+        options = [Option("delta", delta, delta, after), Option("full", full, full, snapshot_seconds(full, settings))]
+        if "provenance" in encoded:
+            sent = len(encoded["provenance"])
+            base = delta_seconds(full, delta, self.depth, settings)
+            options.append(Option("provenance", sent, sent, replay_seconds(base, retrained, settings)))
+        return choose(options, settings)
 
     def _arch_id(self) -> str:
         return self.store.manifest(self.store.resolve(self.name)).arch.id

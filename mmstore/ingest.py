@@ -18,7 +18,8 @@ import numpy as np
 
 from .backend import Backend, Entry
 from .bundle import BUNDLE_SUFFIX, Bundle, apply_bundle, bundle_time, change_mask, parse_bundle
-from .commit import LineageBatch
+from .bundle_provenance import replay_bundle
+from .commit import LineageBatch, NewVersion
 from .errors import ConflictError, MMStoreError, NotFoundError
 from .inbox import PENDING, Outcome, Swept, pending, quarantine, quarantine_key, sweep_inbox
 from .manifest import Manifest
@@ -30,6 +31,8 @@ __all__ = ["Outcome", "Swept", "pending", "ingest", "ingest_device", "quarantine
 # How far back a stale or repeated bundle is looked for: a device is at most this many versions behind.
 RECENT_VERSIONS = 64
 _HEADER_ALLOWANCE = 1 << 20
+# What a provenance bundle may carry in datasets beyond that (a bundle is read whole before it is checked).
+_DATASET_ALLOWANCE = 64 << 20
 # Bundles committed together: one pack and one inbox deletion for this many, a few MB of parameters held.
 GROUP = 256
 
@@ -75,7 +78,7 @@ class _Staged:
 
     lineage: _Lineage
     head: str
-    accepted: list[tuple[Bundle, np.ndarray, dict]]
+    accepted: list[tuple[Bundle, NewVersion]]
     outcomes: list[Outcome]
 
 
@@ -124,21 +127,22 @@ def _stage(store: Store, inbox: Backend, lineage: _Lineage, entries: list[Entry]
         if status != "accepted":
             stage.outcomes.append(Outcome(key, lineage.name, status, reason=meta.get("reason", ""), nbytes=bundle.nbytes))
             continue
-        stage.accepted.append((bundle, rows, meta))
-        lineage.rows, content = rows, bundle.header.content
+        version = NewVersion(rows.models, meta, rows.approach, rows.options)
+        stage.accepted.append((bundle, version))
+        lineage.rows, content = version.models.data, bundle.header.content
     return stage
 
 
 def _apply(store: Store, lineage: _Lineage, bundle: Bundle, waiting: list[Bundle], content: str | None,
-           stage: _Staged) -> tuple[np.ndarray | None, dict, str]:
+           stage: _Staged) -> tuple[NewVersion | None, dict, str]:
     """The rows after `bundle` over the lineage's newest rows (committed or staged) and its set's metadata, or why not."""
-    header, layout = bundle.header, store.arch_document(lineage.head).layout
-    staged = {b.digest for b, _, _ in stage.accepted}
+    header = bundle.header
+    staged = {b.digest for b, _ in stage.accepted}
     if header.content == content or bundle.digest in staged or _already_ingested(store, lineage, bundle.digest):
         return None, {}, "duplicate"
     meta = {"device_time": bundle_time(header), "bundle": bundle.digest, "bundle_kind": header.kind, "bundle_bytes": bundle.nbytes}
     if header.base_content == content:
-        return apply_bundle(bundle, lineage.rows, layout), meta, "accepted"
+        return _decode(store, lineage, bundle, lineage.rows), meta, "accepted"
     base = _recent_with_content(store, lineage, header.base_content)
     if base is None:
         if any(other.header.content == header.base_content for other in waiting):
@@ -146,14 +150,24 @@ def _apply(store: Store, lineage: _Lineage, bundle: Bundle, waiting: list[Bundle
         if store.documents.ref(lineage.name) != lineage.head.id:
             raise ConflictError(f"lineage {lineage.name!r} moved while its bundles were read")
         raise MMStoreError("it starts from models the store never held for this device")
+    # A rebased provenance bundle is kept as its changed tensors: its training started from other models.
     return _rebase(store, lineage, bundle, base), {**meta, "rebased_from": base.id}, "accepted"
+
+
+def _decode(store: Store, lineage: _Lineage, bundle: Bundle, base_rows: np.ndarray) -> NewVersion:
+    """The models a bundle holds over `base_rows`: decoded tensors, or for a provenance bundle models re-trained here."""
+    doc = store.arch_document(lineage.head)
+    if bundle.header.kind == "provenance":
+        rows, record = replay_bundle(bundle, base_rows, doc, store, lineage.name)
+        return NewVersion(ModelSet(doc.arch, doc.layout, rows), approach="provenance", options={"provenance": record})
+    return NewVersion(ModelSet(doc.arch, doc.layout, apply_bundle(bundle, base_rows, doc.layout)))
 
 
 def _commit_group(store: Store, inbox: Backend, staged: list[_Staged], heads: dict[str, str]) -> list[Outcome]:
     """Commit the staged versions of many devices at once; their bundles then leave the inbox in one request."""
     staged = [s for s in staged if s.lineage is not None]
     committing = [s for s in staged if s.accepted]
-    results = store.save_lineages([_batch(store, s) for s in committing])
+    results = store.save_lineages([_batch(s) for s in committing])
     outcomes = []
     for stage in staged:
         result = results.get(stage.lineage.name, [])
@@ -161,7 +175,7 @@ def _commit_group(store: Store, inbox: Backend, staged: list[_Staged], heads: di
             heads[stage.lineage.name] = result[-1] if result else stage.head
     for stage in committing:
         result = results[stage.lineage.name]
-        for i, (bundle, _, _) in enumerate(stage.accepted):
+        for i, (bundle, _) in enumerate(stage.accepted):
             key = f"pending/{stage.lineage.name}/{bundle.digest}{BUNDLE_SUFFIX}"
             if isinstance(result, ConflictError):
                 outcomes.append(Outcome(key, stage.lineage.name, "deferred", reason=str(result)))
@@ -174,10 +188,8 @@ def _commit_group(store: Store, inbox: Backend, staged: list[_Staged], heads: di
     return outcomes
 
 
-def _batch(store: Store, stage: _Staged) -> LineageBatch:
-    doc = store.arch_document(stage.lineage.head)
-    return LineageBatch(stage.lineage.name, stage.head, [ModelSet(doc.arch, doc.layout, rows) for _, rows, _ in stage.accepted],
-                        [meta for _, _, meta in stage.accepted])
+def _batch(stage: _Staged) -> LineageBatch:
+    return LineageBatch(stage.lineage.name, stage.head, [version for _, version in stage.accepted])
 
 
 def _open_lineage(store: Store, device: str, known: str | None = None) -> _Lineage:
@@ -227,7 +239,7 @@ def _read(store: Store, inbox: Backend, lineage: _Lineage, entry: Entry) -> Bund
     key = entry.key
     match = PENDING.fullmatch(key)
     layout = store.arch_document(lineage.head).layout
-    limit = 2 * lineage.head.n_models * layout.row_nbytes + _HEADER_ALLOWANCE
+    limit = 2 * lineage.head.n_models * layout.row_nbytes + _HEADER_ALLOWANCE + _DATASET_ALLOWANCE
     what = f"bundle {key}"
     if match is None or match["device"] != lineage.name:
         raise MMStoreError(f"{what} is not named as a bundle of device {lineage.name!r}")
@@ -242,11 +254,12 @@ def _read(store: Store, inbox: Backend, lineage: _Lineage, entry: Entry) -> Bund
     return bundle
 
 
-def _rebase(store: Store, lineage: _Lineage, bundle: Bundle, base: Manifest) -> np.ndarray:
+def _rebase(store: Store, lineage: _Lineage, bundle: Bundle, base: Manifest) -> NewVersion:
     """The bundle's changes laid over the newer head, if nothing it changed has changed since its base."""
-    layout = store.arch_document(lineage.head).layout
+    doc = store.arch_document(lineage.head)
+    layout = doc.layout
     base_rows = store.recover_rows(base.id)
-    new = apply_bundle(bundle, base_rows, layout)
+    new = _decode(store, lineage, bundle, base_rows).models.data
     since = change_mask(lineage.rows, base_rows, layout)
     ours = change_mask(new, base_rows, layout)
     if (since & ours).any():
@@ -256,7 +269,7 @@ def _rebase(store: Store, lineage: _Lineage, bundle: Bundle, base: Manifest) -> 
     for t, spec in enumerate(layout.tensors):
         columns = slice(spec.offset, spec.offset + spec.nbytes)
         rows[ours[:, t], columns] = new[ours[:, t], columns]
-    return rows
+    return NewVersion(ModelSet(doc.arch, layout, rows))
 
 
 def _versions(store: Store, lineage: _Lineage) -> list[Manifest]:

@@ -13,7 +13,7 @@ import pytest
 
 from mmstore import ModelSet, Store
 from mmstore.blobs import blob_key
-from mmstore.commit import LineageBatch
+from mmstore.commit import LineageBatch, NewVersion
 from mmstore.errors import ConflictError, FormatError, IntegrityError, MMStoreError, NotFoundError
 
 from .conftest import TEST_SETTINGS, make_s3_bucket
@@ -46,7 +46,7 @@ def batches(store: Store, heads: dict[str, str], versions: int = 2) -> tuple[lis
             current = drifted(current, 10 * i + v + 1)
             sets.append(current)
         made[name] = sets
-        out.append(LineageBatch(name, head, sets, [{"version": v} for v in range(versions)]))
+        out.append(LineageBatch(name, head, [NewVersion(models, {"version": v}) for v, models in enumerate(sets)]))
     return out, made
 
 
