@@ -15,9 +15,12 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows import local_run_settings
 from flows.params import IngestParameters, inbox_location
-from tasks.ingest import index_versions, ingest_batch, pending_batches, sweep
+from tasks.ingest import index_versions, ingest_slots, pending_batches, spread, sweep
 
 __all__ = ["fleet_ingest", "main"]
+
+# A task per this many waiting bundles, up to one per slot: a quiet hour costs one task, not eight.
+_BUNDLES_PER_TASK = 32
 
 
 @flow(name="fleet-ingest")
@@ -25,11 +28,12 @@ def fleet_ingest(params: IngestParameters = IngestParameters()) -> dict:
     """Commit every acceptable pending bundle to its device's lineage; quarantine the rest with a reason."""
     start = time.perf_counter()
     inbox = inbox_location(params.store, params.inbox)
-    batches = pending_batches(inbox, params.batches)
-    futures = [ingest_batch.submit(params.store, inbox, slot, batch) for slot, batch in batches.items()]
+    slots = pending_batches(inbox, params.batches)
+    futures = [ingest_slots.submit(params.store, inbox, group) for group in spread(slots, _BUNDLES_PER_TASK)]
     outcomes = [outcome for future in futures for outcome in future.result()]
     committed = [o["set_id"] for o in outcomes if o["status"] == "committed"]
-    index_versions(params.store, committed)
+    if committed:
+        index_versions(params.store, committed)
     seconds = time.perf_counter() - start
     swept = sweep(inbox, params.grace_hours, params.quarantine_days)
     report = {"counts": dict(Counter(o["status"] for o in outcomes)), "bytes": sum(o["nbytes"] for o in outcomes),

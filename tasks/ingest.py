@@ -12,7 +12,7 @@ from mmstore.catalog import Catalog
 from mmstore.backend import Entry, open_backend
 from mmstore.ingest import ingest, pending, sweep_inbox
 
-__all__ = ["pending_batches", "ingest_batch", "index_versions", "sweep"]
+__all__ = ["pending_batches", "spread", "ingest_slots", "index_versions", "sweep"]
 
 # Rows of every device a batch touches stay at hand: a device's next bundle is a delta on them.
 _CACHED_SETS = 4096
@@ -29,13 +29,26 @@ def pending_batches(inbox_url: str, batches: int) -> dict[int, dict[str, list[En
     return slots
 
 
-@task(name="ingest-batch")
-def ingest_batch(store_url: str, inbox_url: str, slot: int, batch: dict[str, list[Entry]]) -> list[dict]:
-    """Apply one slot's devices' bundles to their lineages; what became of each bundle."""
-    if (store_url, slot) not in _SLOTS:
-        _SLOTS[(store_url, slot)] = Store.open(store_url, Settings(cache_sets=_CACHED_SETS)), {}
-    store, heads = _SLOTS[(store_url, slot)]
-    return [asdict(outcome) for outcome in ingest(store, open_backend(inbox_url), batch, heads=heads)]
+def spread(slots: dict[int, dict[str, list[Entry]]], per_task: int) -> list[dict[int, dict[str, list[Entry]]]]:
+    """The slots dealt to as many tasks as there are `per_task` bundles waiting (at least one, at most one per slot)."""
+    waiting = sum(len(entries) for batch in slots.values() for entries in batch.values())
+    tasks = min(len(slots), max(1, -(-waiting // per_task)))
+    groups: list[dict[int, dict[str, list[Entry]]]] = [{} for _ in range(tasks)]
+    for i, (slot, batch) in enumerate(sorted(slots.items())):
+        groups[i % tasks][slot] = batch
+    return [group for group in groups if group]
+
+
+@task(name="ingest-slots")
+def ingest_slots(store_url: str, inbox_url: str, slots: dict[int, dict[str, list[Entry]]]) -> list[dict]:
+    """Apply the given slots' devices' bundles to their lineages; what became of each bundle."""
+    outcomes = []
+    for slot, batch in slots.items():
+        if (store_url, slot) not in _SLOTS:
+            _SLOTS[(store_url, slot)] = Store.open(store_url, Settings(cache_sets=_CACHED_SETS)), {}
+        store, heads = _SLOTS[(store_url, slot)]
+        outcomes += [asdict(outcome) for outcome in ingest(store, open_backend(inbox_url), batch, heads=heads)]
+    return outcomes
 
 
 @task(name="index-versions", retries=2, retry_delay_seconds=1)
