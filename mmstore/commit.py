@@ -118,6 +118,9 @@ class Committing:
         with self.blobs.journal() as written:
             with self.blobs.packing() as pack:
                 for batch in batches:
+                    if not batch.versions:
+                        results[batch.lineage] = []
+                        continue
                     try:
                         self._lineage_head(batch.lineage, read=False)
                         planned.append((batch, self._encode_versions(batch)))

@@ -76,6 +76,16 @@ def test_versions_of_many_lineages_commit_as_one_pack_and_recover_bit_for_bit(tm
     assert all(0 < sizes[set_id] < 4096 for ids in results.values() for set_id in ids)
 
 
+def test_a_lineage_with_nothing_new_and_an_invalid_name_are_answered_per_lineage(tmp_path):
+    store = Store.open(str(tmp_path / "s"), TEST_SETTINGS)
+    heads = fleet(store)
+    todo, made = batches(store, {"car-0": heads["car-0"]}, versions=1)
+    results = store.save_lineages([LineageBatch("car-1", heads["car-1"]), LineageBatch("../x", heads["car-2"], todo[0].versions),
+                                   *todo])
+    assert results["car-1"] == [] and isinstance(results["../x"], MMStoreError) and len(results["car-0"]) == 1
+    assert Store.open(str(tmp_path / "s"), TEST_SETTINGS).recover("car-0").equals(made["car-0"][0])
+
+
 def test_a_set_saved_alone_keeps_the_format_and_bytes_it_always_had(tmp_path):
     store = Store.open(str(tmp_path / "s"), TEST_SETTINGS)
     set_id = store.save(small_set(4), "update", lineage="x")
