@@ -22,7 +22,7 @@ from flows import local_run_settings
 from flows.ingest import fleet_ingest
 from flows.params import IngestParameters
 from flows.sim_support import local_s3
-from mmstore import ModelSet, Store
+from mmstore import Catalog, ModelSet, Store
 from mmstore.backend import open_backend
 from mmstore.device import Device, deploy
 from mmstore.digest import digest_bytes
@@ -51,6 +51,7 @@ def run(devices: int, cells: int, days: int, seed: int) -> dict:
         store = Store.open(url)
         fleet_id = store.save(initial_models.fn(devices * cells, seed, "ffnn48"), "update", lineage="fleet")
         deploy(store, fleet_id, device_names(devices), cells)
+        Catalog(store).rebuild()
         inbox, rng, held = open_backend(url + "-inbox"), np.random.default_rng(seed), {}
         clients = {name: Device(name, Store.open(url), inbox) for name in device_names(devices)}
         uploaded = 0

@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows import local_run_settings
 from flows.params import IngestParameters, inbox_location
-from tasks.ingest import index_versions, ingest_slots, pending_batches, spread, sweep
+from tasks.ingest import ingest_slots, pending_batches, spread, sweep
 
 __all__ = ["fleet_ingest", "main"]
 
@@ -31,9 +31,6 @@ def fleet_ingest(params: IngestParameters = IngestParameters()) -> dict:
     slots = pending_batches(inbox, params.batches)
     futures = [ingest_slots.submit(params.store, inbox, group) for group in spread(slots, _BUNDLES_PER_TASK)]
     outcomes = [outcome for future in futures for outcome in future.result()]
-    committed = [o["set_id"] for o in outcomes if o["status"] == "committed"]
-    if committed:
-        index_versions(params.store, committed)
     seconds = time.perf_counter() - start
     swept = sweep(inbox, params.grace_hours, params.quarantine_days)
     report = {"counts": dict(Counter(o["status"] for o in outcomes)), "bytes": sum(o["nbytes"] for o in outcomes),

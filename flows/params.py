@@ -104,7 +104,8 @@ class FleetSimParameters(BaseModel):
     partial_fraction: float = Field(0.05, ge=0, le=1, description="Share retrained in their last layer per day")
     processes: int = Field(2, ge=1, le=64, description="Device processes the devices are spread over")
     batches: int = Field(8, ge=1, le=64, description="Ingest tasks per ingest run")
-    ingest_every: float = Field(1.0, gt=0, description="Wall seconds between ingest runs (one simulated hour)")
+    ingest_every: float = Field(7.5, gt=0, description="Wall seconds between ingest runs: one simulated hour, a simulated "
+                                "day taking about 3 minutes of the devices' training on this class of machine")
 
 
 __all__ += ["FleetAsOfParameters"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from mmstore import Settings, Store
+from mmstore import Catalog, Settings, Store
 from mmstore.device import deploy
 from mmstore.digest import digest_bytes
 
@@ -24,7 +24,9 @@ def deploy_fleet(store_url: str, devices: int, cells: int, seed: int, arch: str,
     store = Store.open(store_url)
     fleet = initial_models.fn(devices * cells, seed, arch)
     fleet_id = store.save(fleet, "update", lineage="fleet", meta={"seed": seed, "arch": arch, "device_time": when})
-    return deploy(store, fleet_id, device_names(devices), cells, when)
+    heads = deploy(store, fleet_id, device_names(devices), cells, when)
+    Catalog(store).rebuild()  # indexed from the start: ingest runs then only add versions
+    return heads
 
 
 @task(name="verify-versions")

@@ -1,4 +1,4 @@
-"""Tasks that bring device bundles into the store: list them in batches, ingest a batch, index the results."""
+"""Tasks that bring device bundles into the store: list them by slot, ingest and index some slots, sweep the inbox."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from mmstore.catalog import Catalog
 from mmstore.backend import Entry, open_backend
 from mmstore.ingest import ingest, pending, sweep_inbox
 
-__all__ = ["pending_batches", "spread", "ingest_slots", "index_versions", "sweep"]
+__all__ = ["pending_batches", "spread", "ingest_slots", "sweep"]
 
 # Rows of every device a batch touches stay at hand: a device's next bundle is a delta on them.
 _CACHED_SETS = 4096
@@ -41,20 +41,21 @@ def spread(slots: dict[int, dict[str, list[Entry]]], per_task: int) -> list[dict
 
 @task(name="ingest-slots")
 def ingest_slots(store_url: str, inbox_url: str, slots: dict[int, dict[str, list[Entry]]]) -> list[dict]:
-    """Apply the given slots' devices' bundles to their lineages; what became of each bundle."""
-    outcomes = []
+    """Apply the given slots' devices' bundles to their lineages and index the new versions; what became of each bundle."""
+    outcomes, stores = [], []
     for slot, batch in slots.items():
         if (store_url, slot) not in _SLOTS:
             _SLOTS[(store_url, slot)] = Store.open(store_url, Settings(cache_sets=_CACHED_SETS)), {}
         store, heads = _SLOTS[(store_url, slot)]
-        outcomes += [asdict(outcome) for outcome in ingest(store, open_backend(inbox_url), batch, heads=heads)]
+        done = ingest(store, open_backend(inbox_url), batch, heads=heads)
+        stores += [(store, o.set_id) for o in done if o.status == "committed"]
+        outcomes += [asdict(outcome) for outcome in done]
+    if stores:
+        index = stores[0][0]
+        for store, set_id in stores:  # the manifests just written, from the stores that wrote them: nothing is read again
+            index.documents.remember_manifest(store.manifest(set_id))
+        Catalog(index).record([set_id for _, set_id in stores])
     return outcomes
-
-
-@task(name="index-versions", retries=2, retry_delay_seconds=1)
-def index_versions(store_url: str, set_ids: list[str]) -> int:
-    """Add the new versions to the fleet catalog; how many lineages moved."""
-    return len(Catalog(Store.open(store_url)).record(set_ids)) if set_ids else 0
 
 
 @task(name="sweep-inbox", retries=2, retry_delay_seconds=1)
