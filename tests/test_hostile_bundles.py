@@ -73,6 +73,8 @@ FORGERIES = {
     "full-leaves-out": with_header(kind="full", codec="group-zstd"),
     "extra-field": with_header(exec="touch canary"),
     "newer-format": with_header(schema_version=2),
+    "record-on-a-delta": with_header(record_bytes=10, datasets=[5]),
+    "provenance-with-segments": with_header(kind="provenance", record_bytes=10),
     "device-path": with_header(device="../car-0"),
     "bad-time": with_header(device_time="yesterday"),
     "deep-json": lambda d, f: frame(forge.deep_json(100_000), split(d)[1]),
