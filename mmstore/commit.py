@@ -20,6 +20,7 @@ from pydantic import JsonValue
 from .approaches import get_approach
 from .auto import AUTO, choose_approach
 from .blobs import BlobRef
+from .concurrency import each
 from .digest import digest_bytes
 from .errors import ArchitectureError, ConflictError, MMStoreError
 from .manifest import ArchDocument, Manifest, canonical_json
@@ -81,9 +82,7 @@ class Committing:
 
     def _write_manifests(self, manifests: Sequence[Manifest], written: list[tuple[str, memoryview]]) -> None:
         """Commit manifests whose blobs are written, then re-check those blobs."""
-        for manifest in manifests:
-            set_id, data = manifest.encode()
-            self.backend.put(f"sets/{set_id}.json", data, exclusive=True)
+        each(lambda m: self.backend.put(f"sets/{m.id}.json", m.encode()[1], exclusive=True), manifests)
         # A concurrent gc may have collected a blob this save found present or wrote before the commit:
         # checked after the commit, each is either there or written again (docs/architecture.md).
         self.blobs.ensure(written)
@@ -128,15 +127,21 @@ class Committing:
                         results[batch.lineage] = exc
             self.blobs.write_pack(pack)
             self._write_manifests([m for _, manifests in planned for m in manifests], written)
-        for batch, manifests in planned:
-            try:
-                self._move_lineage(batch.lineage, batch.head, manifests[-1].id)
-            except ConflictError as exc:
+        for (batch, manifests), moved in zip(planned, each(self._try_move, planned)):
+            if isinstance(moved, ConflictError):
                 self._withdraw(manifests)
-                results[batch.lineage] = exc
+                results[batch.lineage] = moved
             else:
                 results[batch.lineage] = [m.id for m in manifests]
         return results
+
+    def _try_move(self, planned: tuple[LineageBatch, list[Manifest]]) -> ConflictError | None:
+        batch, manifests = planned
+        try:
+            self._move_lineage(batch.lineage, batch.head, manifests[-1].id)
+        except ConflictError as exc:
+            return exc
+        return None
 
     def _encode_versions(self, batch: LineageBatch) -> list[Manifest]:
         manifests, base_id = [], batch.head

@@ -21,7 +21,7 @@ from .bundle import BUNDLE_SUFFIX, Bundle, apply_bundle, bundle_time, change_mas
 from .bundle_provenance import replay_bundle
 from .commit import LineageBatch, NewVersion
 from .errors import ConflictError, MMStoreError, NotFoundError
-from .inbox import PENDING, Outcome, Swept, pending, quarantine, quarantine_key, sweep_inbox
+from .inbox import PENDING, Outcome, ReadAhead, Swept, pending, quarantine, quarantine_key, sweep_inbox
 from .manifest import Manifest
 from .modelset import ModelSet
 from .store import Store
@@ -54,10 +54,11 @@ def ingest(store: Store, inbox: Backend, devices: dict[str, list[Entry]], group:
     device's ref; a stale one costs a lost compare-and-swap and a retry, never a wrong commit.
     """
     heads = {} if heads is None else heads
+    fetched = ReadAhead(inbox, [entry for entries in devices.values() for entry in entries])
     outcomes: list[Outcome] = []
     staged: list[_Staged] = []
     for device, entries in devices.items():
-        stage = stage_device(store, inbox, device, entries, heads.pop(device, None))
+        stage = stage_device(store, fetched, device, entries, heads.pop(device, None))
         outcomes += stage.outcomes
         staged.append(stage)
         if sum(len(s.accepted) for s in staged) >= group:
@@ -88,6 +89,7 @@ def stage_device(store: Store, inbox: Backend, device: str, entries: Iterable[En
     `known` is the head the caller saw last, used instead of reading the lineage's ref if it is still a set.
     """
     entries = list(entries)
+    inbox = inbox if isinstance(inbox, ReadAhead) else ReadAhead(inbox, entries)
     for attempt in range(2):
         try:
             lineage = _open_lineage(store, device, known if attempt == 0 else None)
@@ -245,7 +247,7 @@ def _read(store: Store, inbox: Backend, lineage: _Lineage, entry: Entry) -> Bund
         raise MMStoreError(f"{what} is not named as a bundle of device {lineage.name!r}")
     if entry.size > limit:
         raise MMStoreError(f"{what} is larger than any bundle of this device's {lineage.head.n_models} models can be")
-    data = inbox.get(key, at_most=entry.size + 1)  # replaced since the listing: never more than it claimed is read
+    data = inbox.read(entry)
     if len(data) != entry.size:
         raise MMStoreError(f"{what} changed while it was read; it is not a bundle a device finished")
     bundle = parse_bundle(data, match["digest"], lineage.name, layout, what)

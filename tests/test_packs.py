@@ -17,7 +17,7 @@ from mmstore.commit import LineageBatch, NewVersion
 from mmstore.errors import ConflictError, FormatError, IntegrityError, MMStoreError, NotFoundError
 
 from .conftest import TEST_SETTINGS, make_s3_bucket
-from .faults import HookedBackend, before
+from .faults import HookedBackend
 from .forge import canonical, small_set
 
 LINEAGES = ("car-0", "car-1", "car-2")
@@ -112,9 +112,14 @@ def test_a_collection_between_the_pack_and_the_commit_cannot_lose_the_pack(tmp_p
     heads = fleet(store)
     todo, made = batches(store, heads)
     reports = []
-    collect = before(lambda: reports.append(Store.open(url, TEST_SETTINGS).collect_garbage(grace=0)))
-    # The first manifest write: the pack is written but no manifest names it yet, so the collection takes it.
-    writer = Store(HookedBackend(store.backend, "put", 2, collect), TEST_SETTINGS)
+
+    def write_then_collect(real, *args, **kwargs):
+        written = real(*args, **kwargs)
+        reports.append(Store.open(url, TEST_SETTINGS).collect_garbage(grace=0))
+        return written
+
+    # Right after the pack is written no manifest names it yet, so the collection takes it.
+    writer = Store(HookedBackend(store.backend, "put", 1, write_then_collect), TEST_SETTINGS)
     writer._materialised = store._materialised
     results = writer.save_lineages(todo)
     assert reports[0].blobs == 1  # the pack was collected, and written again after the commit
