@@ -29,6 +29,7 @@ from .settings import Settings
 __all__ = ["Store", "SetInfo", "RecoveryContext"]
 
 _LINEAGE = re.compile(LINEAGE_PATTERN)
+_SET_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def _utc_now() -> str:
@@ -131,6 +132,11 @@ class Store(Lifecycle, Rebasing, Committing):
         head = self.documents.ref(ref) if _LINEAGE.fullmatch(ref) else None
         if head:
             return self.documents.current(head).id
+        if _SET_ID.fullmatch(ref):  # a whole id: its manifest, or the alias of a re-based set, answers without a listing
+            try:
+                return self.documents.current(ref).id
+            except NotFoundError:
+                raise NotFoundError(f"no set or lineage {ref!r} in {self.url}; list them with `mmstore ls`") from None
         matches = [name for name in self.documents.set_ids() if name.startswith(ref)]
         if not matches:  # the id a set had before it was re-based
             aliased = [name for name in self.documents.aliases.names() if name.startswith(ref)]
