@@ -133,6 +133,9 @@ class Committing:
                 results[batch.lineage] = moved
             else:
                 results[batch.lineage] = [m.id for m in manifests]
+                # Only the newest rows stay at hand: the next versions build on them, not on those before.
+                for set_id in [batch.head, *(m.id for m in manifests[:-1])]:
+                    self.forget(set_id)
         return results
 
     def _try_move(self, planned: tuple[LineageBatch, list[Manifest]]) -> ConflictError | None:
