@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .blobs import check_id
 from .catalog_documents import CATALOG_VERSION, Head, HeadsDocument, LineageDocument, Version, to_time, version_time
-from .errors import ConflictError, FormatError, MMStoreError, NewerFormatError, NotFoundError, StorageError
+from .errors import ConflictError, FormatError, MMStoreError, NewerFormatError, NotFoundError
 from .manifest import LINEAGE_PATTERN, MAX_DOCUMENT_BYTES, Manifest, canonical_json, parse_document, parse_json
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ __all__ = ["Catalog", "Version", "Head", "HEADS_KEY", "to_time", "version_time"]
 HEADS_KEY = "catalog/heads.json"
 _LINEAGE = re.compile(LINEAGE_PATTERN)
 _REF_BYTES = 65  # a set id, perhaps with a newline
-_READS = 5
 _REBUILD = "rebuild it with `mmstore fleet rebuild`"
 
 
@@ -93,17 +92,18 @@ class Catalog:
     def record(self, set_ids: Iterable[str]) -> list[str]:
         """Bring the lineages of sets just committed up to date in the catalog; returns their names."""
         try:
-            raw = self._heads()[0]
+            before = self._heads()
         except FormatError:
-            raw = None
-        if raw is None:
+            before = (None, {})
+        if before[0] is None:
             return self.rebuild()  # a catalog covers every lineage from its first write on
         ids = [check_id(s, "set id") for s in set_ids]
         # As in `rebuild`: independent lineages, each waiting on one request at a time, overlap on threads.
         with ThreadPoolExecutor(self.workers) as pool:
             names = sorted({m.lineage for m in pool.map(self.store.manifest, ids) if m.lineage})
-            list(pool.map(lambda name: self._update(name, full=False), names))
-        self._publish(names, everything=False)
+            docs = dict(zip(names, pool.map(lambda name: self._update(name, full=False), names)))
+        # The documents were written (or found current) after the heads were read: a first attempt needs no re-read.
+        self._publish(names, everything=False, first=(before, {name: doc.head() for name, doc in docs.items()}))
         return names
 
     def refresh(self, lineage: str) -> Head | None:
@@ -123,8 +123,8 @@ class Catalog:
 
     # -- inside --------------------------------------------------------------------------------
 
-    def _update(self, name: str, full: bool) -> None:
-        """Compare-and-swap the lineage's document until it holds the chain the ref names."""
+    def _update(self, name: str, full: bool) -> LineageDocument:
+        """Compare-and-swap the lineage's document until it holds the chain the ref names; that document."""
         key = _lineage_key(name)
         for attempt in range(self.retries):
             try:
@@ -135,26 +135,29 @@ class Catalog:
             existing = self._try_parse(name, raw) if raw is not None else None
             versions = self._current(name, None if full else existing)
             if existing is not None and existing.versions == versions:
-                return
+                return existing
+            doc = LineageDocument(lineage=name, versions=versions)
             try:
-                self.backend.swap(key, raw, canonical_json(LineageDocument(lineage=name, versions=versions)))
-                return
+                self.backend.swap(key, raw, canonical_json(doc))
+                return doc
             except ConflictError:
                 self._pause(attempt)
         raise ConflictError(f"the catalog of lineage {name!r} kept changing under {self.retries} attempts; record again")
 
-    def _publish(self, names: list[str], everything: bool) -> list[str]:
+    def _publish(self, names: list[str], everything: bool, first: tuple | None = None) -> list[str]:
         """Compare-and-swap the heads document, each named entry taken from its lineage document read afterwards.
 
         Reading the lineage documents after the heads document is what keeps a slower writer from
-        putting an older entry back (docs/architecture.md, "Fleet catalog").
+        putting an older entry back (docs/architecture.md, "Fleet catalog"). `first` is a heads
+        document read earlier and the entries of documents written or read since, for a first attempt.
         """
         for attempt in range(self.retries):
-            raw, current = self._heads(repair=everything)
+            (raw, current), known = first if attempt == 0 and first else (self._heads(repair=everything), {})
             heads = {} if everything else dict(current)
             touched = sorted(set(names) | (set(current) if everything else set()))
             with ThreadPoolExecutor(self.workers) as pool:
-                for name, head in zip(touched, pool.map(lambda name: self._document(name).head(), touched)):
+                found = pool.map(lambda name: known[name] if name in known else self._document(name).head(), touched)
+                for name, head in zip(touched, found):
                     heads.pop(name, None)
                     if head is not None:
                         heads[name] = head
@@ -251,26 +254,14 @@ class Catalog:
         return check_id(raw.decode("ascii", "replace").removesuffix("\n"), f"lineage {lineage!r} points at")
 
     def _read(self, key: str, what: str, limit: int = MAX_DOCUMENT_BYTES) -> bytes | None:
-        """The object's bytes (None if absent), read in one request and never more than `limit` of them."""
-        for attempt in range(_READS):
-            try:
-                with self.backend.open(key) as file:
-                    chunks, total = [], 0
-                    while total <= limit and (chunk := file.read(limit + 1 - total)):
-                        chunks.append(chunk)
-                        total += len(chunk)
-                break
-            except NotFoundError:
-                return None
-            except StorageError:
-                # On S3 an open is a HEAD and the read a GET of that ETag: a writer replacing the
-                # object in between fails the GET, and reading again finds the new object.
-                if attempt + 1 == _READS:
-                    raise
-                self._pause(attempt)
-        if total > limit:
+        """The object's bytes (None if absent), read in one ranged request and never more than `limit` of them."""
+        try:
+            data = self.backend.get(key, at_most=limit + 1)
+        except NotFoundError:
+            return None
+        if len(data) > limit:
             raise FormatError(f"{what} in {self.backend.url} is larger than it can be; the store was forged or damaged")
-        return b"".join(chunks)
+        return data
 
     @staticmethod
     def _parse(model: Any, raw: bytes, what: str) -> Any:
