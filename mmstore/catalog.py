@@ -10,34 +10,34 @@ from __future__ import annotations
 
 import fnmatch
 import random
-import re
 import time
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .blobs import check_id
-from .catalog_documents import CATALOG_VERSION, Head, HeadsDocument, LineageDocument, Version, to_time, version_time
-from .errors import ConflictError, FormatError, MMStoreError, NewerFormatError, NotFoundError
-from .manifest import LINEAGE_PATTERN, MAX_DOCUMENT_BYTES, Manifest, canonical_json, parse_document, parse_json
+from .catalog_documents import (CATALOG_VERSION, HEADS_KEY, Head, HeadsDocument, LineageDocument, Version, lineage_key, to_time,
+                                version_time)
+from .catalog_writes import CatalogWrites
+from .errors import FormatError, MMStoreError, NewerFormatError, NotFoundError
+from .manifest import MAX_DOCUMENT_BYTES, Manifest, parse_document, parse_json
 
 if TYPE_CHECKING:
     from .store import Store
 
 __all__ = ["Catalog", "Version", "Head", "HEADS_KEY", "to_time", "version_time"]
 
-HEADS_KEY = "catalog/heads.json"
-_LINEAGE = re.compile(LINEAGE_PATTERN)
 _REF_BYTES = 65  # a set id, perhaps with a newline
 _REBUILD = "rebuild it with `mmstore fleet rebuild`"
 
 
-class Catalog:
+class Catalog(CatalogWrites):
     """The fleet catalog of a store: lineage heads and versions under `catalog/`, each query a few requests."""
 
     def __init__(self, store: Store, retries: int = 50, workers: int = 8):
         self.store, self.backend, self.retries, self.workers = store, store.backend, retries, workers
+        # Lineage documents as this catalog last wrote or read them: a first compare-and-swap against them
+        # needs no read, and fails (then reads) if another writer changed one since.
+        self._written: dict[str, tuple[bytes, LineageDocument]] = {}
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -87,86 +87,7 @@ class Catalog:
                                 f"{versions[0][0]}; give a later time")
         return Version(lineage, versions[index][1], versions[index][0])
 
-    # -- writes --------------------------------------------------------------------------------
-
-    def record(self, set_ids: Iterable[str]) -> list[str]:
-        """Bring the lineages of sets just committed up to date in the catalog; returns their names."""
-        try:
-            before = self._heads()
-        except FormatError:
-            before = (None, {})
-        if before[0] is None:
-            return self.rebuild()  # a catalog covers every lineage from its first write on
-        ids = [check_id(s, "set id") for s in set_ids]
-        # As in `rebuild`: independent lineages, each waiting on one request at a time, overlap on threads.
-        with ThreadPoolExecutor(self.workers) as pool:
-            names = sorted({m.lineage for m in pool.map(self.store.manifest, ids) if m.lineage})
-            docs = dict(zip(names, pool.map(lambda name: self._update(name, full=False), names)))
-        # The documents were written (or found current) after the heads were read: a first attempt needs no re-read.
-        self._publish(names, everything=False, first=(before, {name: doc.head() for name, doc in docs.items()}))
-        return names
-
-    def refresh(self, lineage: str) -> Head | None:
-        """Rebuild one lineage's entry from its ref and manifests (after a deletion or a prune)."""
-        self._update(lineage, full=True)
-        self._publish([lineage], everything=False)
-        return self._document(lineage).head()
-
-    def rebuild(self) -> list[str]:
-        """Rebuild the whole catalog from refs and manifests alone; returns the lineages it holds."""
-        names = set(self.store.lineages()) | {n[:-5] for n in self.backend.list("catalog/lineages") if n.endswith(".json")}
-        names = sorted(n for n in names if _LINEAGE.fullmatch(n))
-        # Lineages are independent and each walk waits on one request at a time: threads overlap the waits.
-        with ThreadPoolExecutor(self.workers) as pool:
-            list(pool.map(lambda name: self._update(name, full=True), names))
-        return self._publish(names, everything=True)
-
     # -- inside --------------------------------------------------------------------------------
-
-    def _update(self, name: str, full: bool) -> LineageDocument:
-        """Compare-and-swap the lineage's document until it holds the chain the ref names; that document."""
-        key = _lineage_key(name)
-        for attempt in range(self.retries):
-            try:
-                raw = self._read(key, f"the catalog of lineage {name!r}")
-            except FormatError:
-                self.backend.delete(key)  # too large to compare-and-swap against: the manifests remake it
-                continue
-            existing = self._try_parse(name, raw) if raw is not None else None
-            versions = self._current(name, None if full else existing)
-            if existing is not None and existing.versions == versions:
-                return existing
-            doc = LineageDocument(lineage=name, versions=versions)
-            try:
-                self.backend.swap(key, raw, canonical_json(doc))
-                return doc
-            except ConflictError:
-                self._pause(attempt)
-        raise ConflictError(f"the catalog of lineage {name!r} kept changing under {self.retries} attempts; record again")
-
-    def _publish(self, names: list[str], everything: bool, first: tuple | None = None) -> list[str]:
-        """Compare-and-swap the heads document, each named entry taken from its lineage document read afterwards.
-
-        Reading the lineage documents after the heads document is what keeps a slower writer from
-        putting an older entry back (docs/architecture.md, "Fleet catalog"). `first` is a heads
-        document read earlier and the entries of documents written or read since, for a first attempt.
-        """
-        for attempt in range(self.retries):
-            (raw, current), known = first if attempt == 0 and first else (self._heads(repair=everything), {})
-            heads = {} if everything else dict(current)
-            touched = sorted(set(names) | (set(current) if everything else set()))
-            with ThreadPoolExecutor(self.workers) as pool:
-                found = pool.map(lambda name: known[name] if name in known else self._document(name).head(), touched)
-                for name, head in zip(touched, found):
-                    heads.pop(name, None)
-                    if head is not None:
-                        heads[name] = head
-            try:
-                self.backend.swap(HEADS_KEY, raw, canonical_json(HeadsDocument(lineages=heads)))
-                return sorted(heads)
-            except ConflictError:
-                self._pause(attempt)
-        raise ConflictError(f"the fleet catalog's heads kept changing under {self.retries} attempts; record again")
 
     def _heads(self, repair: bool = False) -> tuple[bytes | None, dict[str, Head]]:
         """The heads document's bytes and entries; with `repair`, a damaged one counts as empty (a rebuild replaces it)."""
@@ -233,7 +154,7 @@ class Catalog:
             return None
 
     def _document(self, lineage: str) -> LineageDocument:
-        raw = self._read(_lineage_key(lineage), f"the catalog of lineage {lineage!r}")
+        raw = self._read(lineage_key(lineage), f"the catalog of lineage {lineage!r}")
         doc = self._parse(LineageDocument, raw, f"the catalog of lineage {lineage!r}") if raw else None
         if doc is not None and doc.lineage != lineage:
             raise FormatError(f"the catalog of lineage {lineage!r} describes {doc.lineage!r}: it was forged or damaged; {_REBUILD}")
@@ -281,12 +202,6 @@ class Catalog:
     def _pause(attempt: int) -> None:
         # Jittered, growing pauses spread writers that collided so the next attempt of each likely succeeds.
         time.sleep(random.uniform(0, min(0.5, 0.005 * 2**attempt)))
-
-
-def _lineage_key(lineage: str) -> str:
-    if not isinstance(lineage, str) or not _LINEAGE.fullmatch(lineage):
-        raise NotFoundError(f"{str(lineage)[:80]!r} is not a lineage name; list the fleet with `mmstore fleet ls`")
-    return f"catalog/lineages/{lineage}.json"
 
 
 def _pick(versions: list[tuple[str, str]], cutoff: str) -> int | None:

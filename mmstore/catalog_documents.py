@@ -7,6 +7,7 @@ so comparing the strings compares the times.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Annotated, Literal
@@ -14,10 +15,11 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from .blobs import Hex64
-from .errors import FormatError, MMStoreError
-from .manifest import LineageName, Manifest
+from .errors import FormatError, MMStoreError, NotFoundError
+from .manifest import LINEAGE_PATTERN, LineageName, Manifest
 
-__all__ = ["CATALOG_VERSION", "Head", "HeadsDocument", "LineageDocument", "Version", "to_time", "version_time"]
+__all__ = ["CATALOG_VERSION", "HEADS_KEY", "Head", "HeadsDocument", "LineageDocument", "Version", "is_lineage", "lineage_key", "to_time",
+           "version_time"]
 
 CATALOG_VERSION = 1
 
@@ -113,3 +115,19 @@ class Version:
     lineage: str
     id: str
     time: str
+
+
+HEADS_KEY = "catalog/heads.json"
+_LINEAGE = re.compile(LINEAGE_PATTERN)
+
+
+def is_lineage(name: str) -> bool:
+    """Whether `name` is a valid lineage name."""
+    return isinstance(name, str) and bool(_LINEAGE.fullmatch(name))
+
+
+def lineage_key(lineage: str) -> str:
+    """Where a lineage's catalog document lives, for a valid lineage name."""
+    if not isinstance(lineage, str) or not _LINEAGE.fullmatch(lineage):
+        raise NotFoundError(f"{str(lineage)[:80]!r} is not a lineage name; list the fleet with `mmstore fleet ls`")
+    return f"catalog/lineages/{lineage}.json"

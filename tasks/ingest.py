@@ -18,6 +18,8 @@ __all__ = ["pending_batches", "spread", "ingest_slots", "sweep"]
 _CACHED_SETS = 4096
 # Devices go to the same ingest slot in every run, whose store keeps their newest rows and heads between runs.
 _SLOTS: dict[tuple[str, int], tuple[Store, dict[str, str]]] = {}
+# One catalog writer per store, which remembers the documents it wrote: the next run swaps against them unread.
+_CATALOGS: dict[str, Catalog] = {}
 
 
 @task(name="pending-batches", retries=2, retry_delay_seconds=1)
@@ -51,10 +53,13 @@ def ingest_slots(store_url: str, inbox_url: str, slots: dict[int, dict[str, list
         stores += [(store, o.set_id) for o in done if o.status == "committed"]
         outcomes += [asdict(outcome) for outcome in done]
     if stores:
-        index = stores[0][0]
+        catalog = _CATALOGS.get(store_url) or _CATALOGS.setdefault(store_url, Catalog(Store.open(store_url)))
+        moved: dict[str, list[str]] = {}
         for store, set_id in stores:  # the manifests just written, from the stores that wrote them: nothing is read again
-            index.documents.remember_manifest(store.manifest(set_id))
-        Catalog(index).record([set_id for _, set_id in stores])
+            manifest = store.manifest(set_id)
+            catalog.store.documents.remember_manifest(manifest)
+            moved.setdefault(manifest.lineage, [manifest.base, set_id])[1] = set_id
+        catalog.record([set_id for _, set_id in stores], {name: (old, new) for name, (old, new) in moved.items()})
     return outcomes
 
 
