@@ -35,16 +35,17 @@ def changed(models: ModelSet, model: int, seed: int, tensors=(0,)) -> ModelSet:
 class Fleet:
     """A store with a deployed fleet set, one lineage per device, and an inbox beside it."""
 
-    def __init__(self, store_url: str, inbox_url: str, **options):
-        self.store_url, self.inbox_url, self.options = store_url, inbox_url, options
+    def __init__(self, store_url: str, inbox_url: str, fleet: ModelSet | None = None, devices=DEVICES, settings=TEST_SETTINGS,
+                 **options):
+        self.store_url, self.inbox_url, self.settings, self.options = store_url, inbox_url, settings, options
         self.store = self.open()
         self.inbox = open_backend(inbox_url, **options)
-        self.fleet = small_set(len(DEVICES) * PER_DEVICE, seed=5)
+        self.fleet = fleet or small_set(len(devices) * PER_DEVICE, seed=5)
         self.fleet_id = self.store.save(self.fleet, "update", lineage="fleet")
-        self.heads = deploy(self.store, self.fleet_id, DEVICES, PER_DEVICE, WHEN)
+        self.heads = deploy(self.store, self.fleet_id, devices, len(self.fleet) // len(devices), WHEN)
 
     def open(self) -> Store:
-        return Store.open(self.store_url, TEST_SETTINGS, **self.options)
+        return Store.open(self.store_url, self.settings, **self.options)
 
     def device(self, name: str) -> Device:
         device = Device(name, self.open(), self.inbox)

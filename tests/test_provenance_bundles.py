@@ -10,40 +10,22 @@ import pytest
 from envs.fingerprint import capture
 from mmstore import ModelSet, Settings, Store
 from mmstore.arch import import_trusted
-from mmstore.backend import open_backend
 from mmstore.bundle_provenance import DatasetClaim, DeviceRecord, encode_provenance_bundle
-from mmstore.device import Device, Training, deploy, pending_key
+from mmstore.device import Device, Training, pending_key
 from mmstore.digest import digest_bytes
-from mmstore.ingest import ingest, pending
 from workloads.datasets import encode_arrays
 
 from . import forge
 from .provenance_fleet import RECIPES, TRAINER, _arrays, initial_set
+from .test_devices import Fleet
 
 CELLS = 4
 SETTINGS = Settings(trusted_modules=("tests",))  # datasets under the store's own `-datasets` root only
 
 
-class DeviceFleet:
+def device_fleet(root) -> Fleet:
     """Two FFNN-48 devices of four cells, deployed from one fleet set, with an inbox beside the store."""
-
-    def __init__(self, root):
-        self.url, self.inbox_url = str(root / "store"), str(root / "inbox")
-        store = self.open()
-        fleet_id = store.save(initial_set(2 * CELLS, seed=3), "update", lineage="fleet")
-        deploy(store, fleet_id, ["car-0", "car-1"], CELLS, "2026-01-01T00:00:00+00:00")
-        self.inbox = open_backend(self.inbox_url)
-
-    def open(self) -> Store:
-        return Store.open(self.url, SETTINGS)
-
-    def device(self, name: str) -> Device:
-        device = Device(name, self.open(), self.inbox)
-        device.pull()
-        return device
-
-    def ingest(self) -> list:
-        return ingest(self.open(), self.inbox, pending(self.inbox))
+    return Fleet(str(root / "store"), str(root / "inbox"), initial_set(2 * CELLS, seed=3), ("car-0", "car-1"), SETTINGS)
 
 
 def retrain(models: ModelSet, plan: dict[int, str], seed: int) -> tuple[ModelSet, Training]:
@@ -59,8 +41,8 @@ def retrain(models: ModelSet, plan: dict[int, str], seed: int) -> tuple[ModelSet
 
 
 @pytest.fixture
-def fleet(tmp_path) -> DeviceFleet:
-    return DeviceFleet(tmp_path)
+def fleet(tmp_path) -> Fleet:
+    return device_fleet(tmp_path)
 
 
 def test_a_provenance_bundle_is_replayed_and_stored_as_a_provenance_set(fleet, tmp_path):
@@ -75,7 +57,7 @@ def test_a_provenance_bundle_is_replayed_and_stored_as_a_provenance_set(fleet, t
     assert manifest.approach == "provenance" and manifest.data.changed == 2
     stored = sorted(p.name for p in (tmp_path / "store-datasets" / "devices" / "car-0").iterdir())
     assert stored == sorted(digest_bytes(data) for _, data in training.changes.values())
-    assert Store.open(fleet.url, SETTINGS).recover("car-0").equals(models)  # re-trained again, bit for bit
+    assert Store.open(fleet.store_url, SETTINGS).recover("car-0").equals(models)  # re-trained again, bit for bit
     # The next delta bundle builds on it as on any version.
     nxt = models.data.copy()
     nxt[3, :8] ^= 0x55
@@ -93,7 +75,7 @@ def test_the_device_prices_the_record_against_the_tensors(fleet):
     assert names == ["delta", "full", "provenance"] and push.kind in names
 
 
-def _provenance_push(fleet: DeviceFleet, record_changes=None, send=None, **record_fields) -> tuple[str, bytes]:
+def _provenance_push(fleet: Fleet, record_changes=None, send=None, **record_fields) -> tuple[str, bytes]:
     """A provenance bundle of car-0 retraining cell 1, its record altered as given; the inbox key and bytes."""
     device = fleet.device("car-0")
     models, training = retrain(device.base, {1: "full"}, seed=5)
