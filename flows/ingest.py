@@ -19,8 +19,8 @@ from tasks.ingest import ingest_slots, pending_batches, spread, sweep
 
 __all__ = ["fleet_ingest", "main"]
 
-# A task per this many waiting bundles, up to one per slot: an hour of a few hundred devices costs one task, not eight.
-_BUNDLES_PER_TASK = 64
+# A task per this many waiting bundles, up to one per slot: a quiet hour costs one task, not eight.
+_BUNDLES_PER_TASK = 32
 
 
 @flow(name="fleet-ingest")
