@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 
 from .aliases import Aliases
 from .backend import Backend
@@ -23,6 +24,7 @@ __all__ = ["StoreDocuments", "MARKER"]
 MARKER = "mmstore.json"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _REF_BYTES = 65  # a set id, perhaps with a newline
+_CACHED_MANIFESTS = 1 << 16  # about 100 MB of parsed manifests
 _MODEL_OVERHEAD = 64  # bytes a reader spends per model at least, whatever its row
 
 
@@ -32,6 +34,7 @@ class StoreDocuments:
     def __init__(self, backend: Backend, blobs: BlobStore, settings: Settings):
         self.backend, self.blobs, self.settings = backend, blobs, settings
         self._manifests: dict[str, Manifest] = {}
+        self._lock = threading.Lock()
         self._arch_docs: dict[str, ArchDocument] = {}
         self._is_store = False
         self.aliases = Aliases(self)
@@ -76,10 +79,12 @@ class StoreDocuments:
 
     def manifest(self, set_id: str) -> Manifest:
         """The verified, parsed manifest of a set."""
-        if set_id not in self._manifests:
+        found = self._manifests.get(set_id)
+        if found is None:
             key = f"sets/{check_id(set_id, 'set id')}.json"
-            self._manifests[set_id] = Manifest.decode(set_id, self.bounded(key, MAX_DOCUMENT_BYTES, f"the manifest of set {set_id[:12]}"))
-        return self._manifests[set_id]
+            found = Manifest.decode(set_id, self.bounded(key, MAX_DOCUMENT_BYTES, f"the manifest of set {set_id[:12]}"))
+            self._keep(found)
+        return found
 
     def current(self, set_id: str) -> Manifest:
         """The manifest a set id names now: the set's own or, for a re-based set, the one its aliases lead to."""
@@ -87,7 +92,14 @@ class StoreDocuments:
 
     def remember_manifest(self, manifest: Manifest) -> None:
         """Cache a manifest this process just wrote."""
-        self._manifests[manifest.id] = manifest
+        self._keep(manifest)
+
+    def _keep(self, manifest: Manifest) -> None:
+        # Bounded, oldest first out: a process that ingests for months keeps a working set, not every set.
+        with self._lock:
+            self._manifests[manifest.id] = manifest
+            while len(self._manifests) > _CACHED_MANIFESTS:
+                del self._manifests[next(iter(self._manifests))]
 
     def forget_manifest(self, set_id: str) -> None:
         """Drop a deleted set's manifest from the cache."""
