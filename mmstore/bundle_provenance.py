@@ -21,7 +21,7 @@ from .backend import open_backend
 from .blobs import Hex64
 from .bundle import Bundle, BundleHeader, frame
 from .digest import digest_bytes
-from .errors import FormatError, IntegrityError, ReproductionError
+from .errors import FormatError, IntegrityError, MMStoreError, ReproductionError
 from .manifest import ArchDocument, parse_document, parse_json
 from .provenance_records import DatasetRef, DatasetRoots, ProvenanceRecord, check_dataset, read_datasets
 from .replay import ReplayJob, ReplayTask, run_jobs
@@ -89,10 +89,16 @@ def replay_bundle(bundle: Bundle, base: np.ndarray, doc: ArchDocument, store, de
     models = sorted(record.changes)
     named = [refs[record.changes[m][1].digest] for m in models if record.changes[m][1].digest not in carried]
     held = dict(zip([ref.digest for ref in named], read_datasets(named, roots)))
-    data = [carried.get(record.changes[m][1].digest) or held[record.changes[m][1].digest] for m in models]
+    data = [{**held, **carried}[record.changes[m][1].digest] for m in models]
     jobs = [ReplayJob(m, base[m], d, record.recipes[record.changes[m][0]]) for m, d in zip(models, data)]
     rows = base.copy()
-    rows[models] = run_jobs(ReplayTask(doc.arch, layout, record.trainer, store.settings.allowed_prefixes()), jobs)
+    try:
+        rows[models] = run_jobs(ReplayTask(doc.arch, layout, record.trainer, store.settings.allowed_prefixes()), jobs)
+    except MMStoreError:
+        raise
+    except Exception as exc:  # a trusted trainer given data or recipes it cannot train on: the bundle's fault
+        raise ReproductionError(f"the trainer {record.trainer} failed on the data or recipes of bundle {bundle.digest[:12]} "
+                                f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
     if digest_bytes(rows) != header.content:
         raise ReproductionError(f"re-training the models of bundle {bundle.digest[:12]} here gives other models than "
                                 "the device claims: its training is not reproducible in this environment")

@@ -75,11 +75,12 @@ def test_the_device_prices_the_record_against_the_tensors(fleet):
     assert names == ["delta", "full", "provenance"] and push.kind in names
 
 
-def _provenance_push(fleet: Fleet, record_changes=None, send=None, **record_fields) -> tuple[str, bytes]:
-    """A provenance bundle of car-0 retraining cell 1, its record altered as given; the inbox key and bytes."""
+def _provenance_push(fleet: Fleet, record_changes=None, send=None, datasets=None, **record_fields) -> tuple[str, bytes]:
+    """A provenance bundle of car-0 retraining cell 1, its record (and data) altered as given; the inbox key and bytes."""
     device = fleet.device("car-0")
     models, training = retrain(device.base, {1: "full"}, seed=5)
-    record, datasets = training.record()
+    record, sent = training.record()
+    datasets = datasets or sent
     record = record.model_copy(update={**record_fields, **({"changes": record_changes(record)} if record_changes else {})})
     data = encode_provenance_bundle(_header(device, models), record, send(datasets) if send else datasets)
     key = pending_key("car-0", digest_bytes(data))
@@ -106,6 +107,9 @@ FORGERIES = {
     "dataset-outside-roots": dict(record_changes=lambda r: _claim(r, uri="/etc/passwd"), send=lambda d: {}),
     "dataset-path-in-root": dict(record_changes=lambda r: _claim(r, uri="../../etc/passwd"), send=lambda d: {}),
     "dataset-other-bytes": dict(send=lambda d: {k: b"x" * len(v) for k, v in d.items()}),
+    "dataset-garbage": dict(send=lambda d: d, record_changes=lambda r: _claim(r, digest=digest_bytes(b"\x00" * 7), size=7),
+                            datasets={digest_bytes(b"\x00" * 7): b"\x00" * 7}),
+    "recipe-garbage": dict(recipes={"full": {"epochs": "many"}}),
     "untrusted-trainer": dict(trainer="os:system"),
     "attribute-chain-trainer": dict(trainer="workloads.training:os.system"),
     "does-not-reproduce": dict(record_changes=lambda r: {1: ("partial", r.changes[1][1])}),
@@ -118,6 +122,8 @@ REASONS = {
     "dataset-outside-roots": "outside the dataset roots",
     "dataset-path-in-root": "'..'",
     "dataset-other-bytes": "does not match its digest",
+    "dataset-garbage": "failed on the data or recipes",
+    "recipe-garbage": "failed on the data or recipes",
     "untrusted-trainer": "outside the trusted modules",
     "attribute-chain-trainer": "is not of the form",
     "does-not-reproduce": "not reproducible",
