@@ -5,9 +5,9 @@ from __future__ import annotations
 import zlib
 from dataclasses import asdict
 
-from prefect import task
+from prefect import get_run_logger, task
 
-from mmstore import Settings, Store
+from mmstore import MMStoreError, Settings, Store
 from mmstore.catalog import Catalog
 from mmstore.backend import Entry, open_backend
 from mmstore.ingest import ingest, pending, sweep_inbox
@@ -59,7 +59,10 @@ def ingest_slots(store_url: str, inbox_url: str, slots: dict[int, dict[str, list
             manifest = store.manifest(set_id)
             catalog.store.documents.remember_manifest(manifest)
             moved.setdefault(manifest.lineage, [manifest.base, set_id])[1] = set_id
-        catalog.record([set_id for _, set_id in stores], {name: (old, new) for name, (old, new) in moved.items()})
+        try:
+            catalog.record([set_id for _, set_id in stores], {name: (old, new) for name, (old, new) in moved.items()})
+        except MMStoreError as exc:  # the catalog is a cache: the versions are committed, a later record or rebuild catches up
+            get_run_logger().warning("the fleet catalog was not updated (%s); run `mmstore fleet rebuild`", exc)
     return outcomes
 
 
