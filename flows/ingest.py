@@ -20,7 +20,7 @@ from tasks.ingest import ingest_slots, pending_batches, spread, sweep
 __all__ = ["fleet_ingest", "main"]
 
 # A task per this many waiting bundles, up to one per slot: a quiet hour costs one task, not eight.
-_BUNDLES_PER_TASK = 32
+_BUNDLES_PER_TASK = 16
 
 
 @flow(name="fleet-ingest")
