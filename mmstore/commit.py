@@ -12,8 +12,8 @@ are withdrawn (they were never reachable from any lineage) and reported as a con
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import JsonValue
 

@@ -121,9 +121,9 @@ def _stage(store: Store, inbox: Backend, lineage: _Lineage, entries: list[Entry]
         key = f"pending/{lineage.name}/{bundle.digest}{BUNDLE_SUFFIX}"
         try:
             rows, meta, status = _apply(store, lineage, bundle, waiting, content, stage)
+        except ConflictError:
+            raise
         except MMStoreError as exc:
-            if isinstance(exc, ConflictError):
-                raise
             stage.outcomes.append(quarantine(inbox, lineage.name, key, str(exc)))
             continue
         if status != "accepted":
