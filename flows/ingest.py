@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows import local_run_settings
 from flows.params import IngestParameters, inbox_location
-from tasks.ingest import ingest_slots, pending_batches, spread, sweep
+from tasks.ingest import catalog_heads, ingest_slots, pending_batches, publish_heads, spread, sweep
 
 __all__ = ["fleet_ingest", "main"]
 
@@ -28,9 +28,15 @@ def fleet_ingest(params: IngestParameters = IngestParameters()) -> dict:
     """Commit every acceptable pending bundle to its device's lineage; quarantine the rest with a reason."""
     start = time.perf_counter()
     inbox = inbox_location(params.store, params.inbox)
+    before = catalog_heads.submit(params.store)  # read before any lineage document of this run is written
     slots = pending_batches(inbox, params.batches)
+    before = before.result()
     futures = [ingest_slots.submit(params.store, inbox, group) for group in spread(slots, _BUNDLES_PER_TASK)]
-    outcomes = [outcome for future in futures for outcome in future.result()]
+    results = [future.result() for future in futures]
+    outcomes = [outcome for done, _ in results for outcome in done]
+    entries = {name: head for _, indexed in results for name, head in indexed.items()}
+    if entries:
+        publish_heads(params.store, before, entries)
     seconds = time.perf_counter() - start
     swept = sweep(inbox, params.grace_hours, params.quarantine_days)
     report = {"counts": dict(Counter(o["status"] for o in outcomes)), "bytes": sum(o["nbytes"] for o in outcomes),

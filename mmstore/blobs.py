@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import secrets
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated
@@ -13,6 +14,7 @@ import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from .backend import Backend
+from .concurrency import each
 from .digest import CHUNK_SIZE, chunk_digest_future, chunk_digests, chunk_ranges, root_digest
 from .errors import FormatError, IntegrityError, NotFoundError, ResourceLimitError
 
@@ -85,13 +87,23 @@ def blob_key(blob_id: str) -> str:
 
 
 class BlobStore:
-    """Blobs on a backend, named by the Merkle root of their chunks."""
+    """Blobs on a backend, named by the Merkle root of their chunks.
+
+    A journal or a pack belongs to the thread that opened it, so threads may save through one store at once.
+    """
 
     def __init__(self, backend: Backend, max_bytes: int = _MAX_BLOB):
         self.backend = backend
         self.max_bytes = max_bytes
-        self._journal: list[tuple[str, memoryview]] | None = None
-        self._pack: Pack | None = None
+        self._local = threading.local()
+
+    @property
+    def _journal(self) -> list[tuple[str, memoryview]] | None:
+        return getattr(self._local, "journal", None)
+
+    @property
+    def _pack(self) -> Pack | None:
+        return getattr(self._local, "pack", None)
 
     def put(self, data: bytes | memoryview | np.ndarray) -> BlobRef:
         """Store `data` and return its ref; an existing blob with the digest is reused if its size is right.
@@ -131,20 +143,20 @@ class BlobStore:
     @contextmanager
     def journal(self) -> Iterator[list[tuple[str, memoryview]]]:
         """Record every object put inside the block (its blob or pack id and bytes), so a writer can re-check them."""
-        self._journal = []
+        self._local.journal = []
         try:
-            yield self._journal
+            yield self._local.journal
         finally:
-            self._journal = None
+            self._local.journal = None
 
     @contextmanager
     def packing(self) -> Iterator["Pack"]:
         """Every blob put inside the block goes into one new pack, which the caller writes with `write_pack`."""
-        self._pack = Pack()
+        self._local.pack = Pack()
         try:
-            yield self._pack
+            yield self._local.pack
         finally:
-            self._pack = None
+            self._local.pack = None
 
     def write_pack(self, pack: "Pack") -> None:
         """Write a pack's object (one request however many blobs it holds), recording it for `ensure`."""
@@ -157,7 +169,8 @@ class BlobStore:
     def ensure(self, written: list[tuple[str, memoryview]]) -> int:
         """Write again every recorded blob or pack that is gone (collected since it was put); how many were."""
         unique = {blob_key(blob_id): view for blob_id, view in written}
-        missing = [(key, view) for key, view in unique.items() if not self.backend.exists(key)]
+        present = each(self.backend.exists, unique)
+        missing = [(key, view) for (key, view), found in zip(unique.items(), present) if not found]
         for key, view in missing:
             self.backend.put(key, view, exclusive=True)
         return len(missing)

@@ -14,7 +14,10 @@ from .catalog_documents import HEADS_KEY, Head, HeadsDocument, LineageDocument, 
 from .errors import ConflictError, FormatError
 from .manifest import canonical_json
 
-__all__ = ["CatalogWrites"]
+__all__ = ["CatalogWrites", "HeadsSnapshot"]
+
+# The heads document's bytes as read and its entries: what a publish compares and extends.
+HeadsSnapshot = tuple[bytes, dict[str, Head]]
 
 
 class CatalogWrites:
@@ -26,21 +29,44 @@ class CatalogWrites:
         `moved` gives, per lineage, the heads the caller's compare-and-swap moved it from and to: a
         document ending at the first is extended by the chain back from the second, without reading the ref.
         """
-        moved = moved or {}
+        before = self.before()
+        if before is None:
+            return self.rebuild()  # a catalog covers every lineage from its first write on
+        entries = self.index(set_ids, moved)
+        self.publish(before, entries)
+        return sorted(entries)
+
+    def before(self) -> HeadsSnapshot | None:
+        """The heads document as read before indexing, for `publish`; None if there is no usable catalog yet.
+
+        Indexing may be split over threads or tasks: read this first, `index` in each, `publish` once.
+        """
         try:
             before = self._heads()
         except FormatError:
-            before = (None, {})
-        if before[0] is None:
-            return self.rebuild()  # a catalog covers every lineage from its first write on
+            return None
+        return before if before[0] is not None else None
+
+    def index(self, set_ids: Iterable[str], moved: dict[str, tuple[str, str]] | None = None) -> dict[str, Head | None]:
+        """Extend the lineage documents of sets just committed (see `record`); the heads entries `publish` takes."""
+        moved = moved or {}
         ids = [check_id(s, "set id") for s in set_ids]
         # As in `rebuild`: independent lineages, each waiting on one request at a time, overlap on threads.
         with ThreadPoolExecutor(self.workers) as pool:
             names = sorted({m.lineage for m in pool.map(self.store.manifest, ids) if m.lineage})
             docs = dict(zip(names, pool.map(lambda name: self._update(name, False, moved.get(name)), names)))
-        # The documents were written (or found current) after the heads were read: a first attempt needs no re-read.
-        self._publish(names, everything=False, first=(before, {name: doc.head() for name, doc in docs.items()}))
-        return names
+        return {name: doc.head() for name, doc in docs.items()}
+
+    def publish(self, before: HeadsSnapshot | None, entries: dict[str, Head | None]) -> None:
+        """Swap in the heads with `entries` over `before`, which was read before their documents were written.
+
+        Without `before` (no catalog yet), the catalog is rebuilt. If another writer swapped the heads
+        meanwhile, they are read again and every entry from its document read after them.
+        """
+        if before is None:
+            self.rebuild()
+        else:
+            self._publish(sorted(entries), everything=False, first=(before, entries))
 
     def refresh(self, lineage: str) -> Head | None:
         """Rebuild one lineage's entry from its ref and manifests (after a deletion or a prune)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -60,6 +61,7 @@ class Store(Lifecycle, Rebasing, Committing):
         self._clock = clock
         self.documents = StoreDocuments(backend, self.blobs, self.settings)
         self._materialised: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._materialised_lock = threading.Lock()
 
     @classmethod
     def open(cls, url: str, settings: Settings | None = None, **storage_options: Any) -> "Store":
@@ -161,21 +163,25 @@ class Store(Lifecycle, Rebasing, Committing):
 
     def cached_rows(self, set_id: str) -> np.ndarray | None:
         """A recently materialised set's rows, if this store still holds them (do not modify)."""
-        rows = self._materialised.get(set_id)
-        if rows is not None:
-            self._materialised.move_to_end(set_id)
-        return rows
+        with self._materialised_lock:
+            rows = self._materialised.get(set_id)
+            if rows is not None:
+                self._materialised.move_to_end(set_id)
+            return rows
 
     def remember(self, set_id: str, rows: np.ndarray, copy: bool = True) -> None:
         """Keep a private copy of a set's rows (or, with `copy=False`, rows nobody modifies), evicting beyond the limit."""
         if self.settings.cache_sets:
-            self._materialised[set_id] = rows.copy() if copy else rows
-            while len(self._materialised) > self.settings.cache_sets:
-                self._materialised.popitem(last=False)
+            rows = rows.copy() if copy else rows
+            with self._materialised_lock:
+                self._materialised[set_id] = rows
+                while len(self._materialised) > self.settings.cache_sets:
+                    self._materialised.popitem(last=False)
 
     def forget(self, set_id: str) -> None:
         """Drop a set's rows from those kept at hand."""
-        self._materialised.pop(set_id, None)
+        with self._materialised_lock:
+            self._materialised.pop(set_id, None)
 
     def keep(self, set_id: str, model_set: ModelSet) -> None:
         """Hold a set the caller has in memory (checked against its content digest) for deltas against it."""
