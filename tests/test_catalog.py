@@ -8,6 +8,7 @@ import random
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -374,3 +375,47 @@ def _rebuilt(store: Store) -> Store:
     fresh_store = Store.open(copy, FAST)
     Catalog(fresh_store).rebuild()
     return fresh_store
+
+
+def test_indexing_split_over_threads_publishes_the_heads_once_and_equals_a_rebuild(tmp_path):
+    store = Store.open(str(tmp_path / "s"), FAST)
+    firsts = {f"car-{i}": store.save(device_set(2, i), lineage=f"car-{i}", meta={"device_time": device_time(i, 0)}) for i in range(4)}
+    Catalog(store).rebuild()
+    newer = {name: store.save(device_set(2, 10 + i), lineage=name, meta={"device_time": device_time(i, 1)})
+             for i, name in enumerate(firsts)}
+    catalog, counting = fresh(store)
+    before = catalog.before()
+    names = list(newer)
+    with ThreadPoolExecutor(2) as pool:  # as ingest tasks do: each indexes its own lineages
+        parts = list(pool.map(lambda part: catalog.index([newer[n] for n in part], {n: (firsts[n], newer[n]) for n in part}),
+                              [names[:2], names[2:]]))
+    counting.calls.clear()
+    catalog.publish(before, {name: head for part in parts for name, head in part.items()})
+    assert counting.calls["swap"] == 1 and counting.calls["get"] == 0  # one swap, nothing read again
+    assert {name: head.head for name, head in catalog.heads().items()} == newer
+    assert catalog_bytes(store) == catalog_bytes(_rebuilt(store))
+
+
+def test_a_publish_over_heads_another_writer_moved_reads_them_again_and_loses_no_entry(tmp_path):
+    store = Store.open(str(tmp_path / "s"), FAST)
+    first = {name: store.save(device_set(2, i), lineage=name, meta={"device_time": device_time(i, 0)})
+             for i, name in enumerate(["car-0", "car-1"])}
+    Catalog(store).rebuild()
+    ours = Catalog(Store.open(str(tmp_path / "s"), FAST))
+    before = ours.before()
+    mine = store.save(device_set(2, 20), lineage="car-0", meta={"device_time": device_time(0, 1)})
+    entries = ours.index([mine], {"car-0": (first["car-0"], mine)})
+    theirs = store.save(device_set(2, 21), lineage="car-1", meta={"device_time": device_time(1, 1)})
+    Catalog(Store.open(str(tmp_path / "s"), FAST)).record([theirs])  # another writer publishes between our read and swap
+    ours.publish(before, entries)
+    assert {name: head.head for name, head in ours.heads().items()} == {"car-0": mine, "car-1": theirs}
+    assert catalog_bytes(store) == catalog_bytes(_rebuilt(store))
+
+
+def test_a_publish_without_a_catalog_rebuilds_it(tmp_path):
+    store = Store.open(str(tmp_path / "s"), FAST)
+    set_id = store.save(device_set(2, 1), lineage="car-0", meta={"device_time": device_time(0, 0)})
+    catalog = Catalog(store)
+    assert catalog.before() is None
+    catalog.publish(None, catalog.index([set_id]))
+    assert catalog.heads()["car-0"].head == set_id

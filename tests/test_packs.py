@@ -6,6 +6,8 @@ import json
 import resource
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +76,28 @@ def test_versions_of_many_lineages_commit_as_one_pack_and_recover_bit_for_bit(tm
     assert reader.unreferenced().freed == 0
     sizes = reader.sizes()
     assert all(0 < sizes[set_id] < 4096 for ids in results.values() for set_id in ids)
+
+
+def test_threads_sharing_one_store_each_commit_their_own_pack(tmp_path):
+    store = Store.open(str(tmp_path / "s"), TEST_SETTINGS)
+    heads = fleet(store)
+    before_objects = objects(tmp_path / "s")
+    todo, made = batches(store, heads, versions=3)
+    start = threading.Barrier(len(todo))
+
+    def commit(batch: LineageBatch) -> dict:
+        start.wait()  # every thread inside its own group commit at once
+        return store.save_lineages([batch])
+
+    with ThreadPoolExecutor(len(todo)) as pool:
+        results = {k: v for done in pool.map(commit, todo) for k, v in done.items()}
+    assert len(objects(tmp_path / "s") - before_objects) == len(todo)  # a pack per thread, none mixed
+    reader = Store.open(str(tmp_path / "s"), TEST_SETTINGS)
+    for name, ids in results.items():
+        packs = {ref.pack for set_id in ids for ref in reader.manifest(set_id).blobs.values()}
+        assert len(ids) == 3 and reader.resolve(name) == ids[-1] and len(packs) == 1
+        assert all(np.array_equal(reader.recover(i).data, m.data) for i, m in zip(ids, made[name]))
+    assert reader.unreferenced().freed == 0
 
 
 def test_a_lineage_with_nothing_new_and_an_invalid_name_are_answered_per_lineage(tmp_path):
