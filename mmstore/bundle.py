@@ -157,7 +157,7 @@ def _provenance_parts(data: bytes, name_digest: str, header: BundleHeader, curso
 
 
 def apply_bundle(bundle: Bundle, base: np.ndarray, layout: Layout) -> np.ndarray:
-    """The device's new rows: `base` with the bundle's tensors decoded in, checked against the header's content."""
+    """The device's new rows (read-only): `base` with the bundle's tensors decoded in, checked against the header's content."""
     header = bundle.header
     if base.shape != (header.n_models, layout.row_nbytes) or digest_bytes(base) != header.base_content:
         raise IntegrityError(f"bundle {bundle.digest[:12]} was not made against these base models")
@@ -169,6 +169,7 @@ def apply_bundle(bundle: Bundle, base: np.ndarray, layout: Layout) -> np.ndarray
         rows[changed, columns] = np.bitwise_xor(rows[changed, columns], values) if codec.xor else values
     if digest_bytes(rows) != header.content:
         raise IntegrityError(f"bundle {bundle.digest[:12]} decodes to other models than it claims")
+    rows.setflags(write=False)  # checked content: a store may keep these rows as they are, without a copy
     return rows
 
 

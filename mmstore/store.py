@@ -170,9 +170,12 @@ class Store(Lifecycle, Rebasing, Committing):
             return rows
 
     def remember(self, set_id: str, rows: np.ndarray, copy: bool = True) -> None:
-        """Keep a private copy of a set's rows (or, with `copy=False`, rows nobody modifies), evicting beyond the limit."""
+        """Keep a private copy of a set's rows (or, with `copy=False`, rows nobody modifies), evicting beyond the limit.
+
+        Read-only rows that own their memory are kept as they are: nobody can modify them.
+        """
         if self.settings.cache_sets:
-            rows = rows.copy() if copy else rows
+            rows = rows.copy() if copy and (rows.flags.writeable or rows.base is not None) else rows
             with self._materialised_lock:
                 self._materialised[set_id] = rows
                 while len(self._materialised) > self.settings.cache_sets:

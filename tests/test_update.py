@@ -179,3 +179,19 @@ def test_keep_checks_the_models_then_enables_xor_deltas(local_store, small_fleet
     set_id = fresh.save(changed, approach="update", lineage="f")
     assert fresh.manifest(set_id).data.codec == "xor-group-zstd"
     assert Store.open(local_store.url, SETTINGS).recover(set_id).equals(changed)
+
+
+def test_remember_copies_writable_rows_and_keeps_read_only_rows_it_can_own(tmp_path):
+    store = Store.open(str(tmp_path / "s"), Settings(cache_sets=8))
+    writable = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    store.remember("a" * 64, writable)
+    writable[0, 0] = 99  # the caller's later writes do not reach the kept copy
+    assert store.cached_rows("a" * 64)[0, 0] == 0
+    owned = writable.copy()
+    owned.setflags(write=False)
+    store.remember("b" * 64, owned)
+    assert store.cached_rows("b" * 64) is owned  # nobody can modify it: kept without a copy
+    view = writable[1:]
+    view.setflags(write=False)  # read-only, but its memory is another array's, which may still change
+    store.remember("c" * 64, view)
+    assert store.cached_rows("c" * 64) is not view
