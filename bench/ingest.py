@@ -5,7 +5,9 @@
 Each device day changes 10 of a device's FFNN-48 models (5% fully, 5% in the output layer, as drift
 does). A first day is pushed and ingested on its own (`first_day`: every device's rows are read from
 the fleet set then); then the bundles of `--days` more days wait in the inbox, `fleet-ingest` runs
-once, and the bundles it committed per second of its run are the capacity figure. Every device's
+once, and the bundles it committed per second of its run are the capacity figure. Then
+`--hourly-runs` runs each find `--per-hour` bundles waiting, as the simulation's hourly runs do
+(`hourly`: their bundles per second of ingest). Every device's
 newest version is recovered and checked afterwards.
 """
 
@@ -44,8 +46,8 @@ def _drift(models: ModelSet, rng: np.random.Generator) -> ModelSet:
     return ModelSet(models.arch, models.layout, data)
 
 
-def run(devices: int, cells: int, days: int, seed: int) -> dict:
-    """Deploy, ingest a first day cold, then a backlog of `days` more warm; verify; the figures."""
+def run(devices: int, cells: int, days: int, seed: int, hourly_runs: int = 10, per_hour: int = 33) -> dict:
+    """Deploy, ingest a first day cold, then a backlog of `days` more warm, then hour-sized runs; verify; the figures."""
     url = "s3://ingest-bench/store"
     with local_s3(url, url + "-inbox"), local_run_settings():
         store = Store.open(url)
@@ -58,9 +60,13 @@ def run(devices: int, cells: int, days: int, seed: int) -> dict:
         for client in clients.values():
             client.pull()
 
-        def push_day() -> None:
+        def clients_of_hour(hour: int) -> list[str]:
+            names = list(clients)
+            return [names[(hour * per_hour + i) % len(names)] for i in range(per_hour)]
+
+        def push_day(names: list[str] | None = None) -> None:
             nonlocal uploaded
-            for name, client in clients.items():
+            for name, client in ((n, clients[n]) for n in names or clients):
                 models = _drift(client.base, rng)
                 uploaded += client.push(models).nbytes
                 held.setdefault(name, []).append(digest_bytes(models.data))
@@ -70,13 +76,20 @@ def run(devices: int, cells: int, days: int, seed: int) -> dict:
         for _ in range(days):
             push_day()
         warm = _drain(url)
+        hours = []
+        for hour in range(hourly_runs):  # what the simulation's hourly runs see: a few dozen devices' bundles each
+            push_day(clients_of_hour(hour))
+            hours.append(_drain(url))
         check = Store.open(url)
         exact = sum(digest_bytes(check.recover(name).data) == contents[-1] for name, contents in held.items())
     return {"devices": devices, "cells": cells, "days": days, "bundles": devices * days, "committed": warm["committed"],
             "bytes_uploaded": uploaded, "flow_seconds": warm["flow_seconds"], "ingest_seconds": warm["seconds"],
             "bundles_per_second": warm["committed"] / warm["seconds"],
             "bundles_per_second_flow": warm["committed"] / warm["flow_seconds"],
-            "first_day": cold, "heads_bit_exact": exact}
+            "first_day": cold, "heads_bit_exact": exact,
+            "hourly": {"runs": hourly_runs, "bundles_per_run": per_hour, "committed": sum(h["committed"] for h in hours),
+                       "seconds": sum(h["seconds"] for h in hours),
+                       "bundles_per_second": sum(h["committed"] for h in hours) / max(1e-9, sum(h["seconds"] for h in hours))}}
 
 
 def _drain(url: str) -> dict:
@@ -95,9 +108,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cells", type=int, default=100)
     parser.add_argument("--days", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hourly-runs", type=int, default=10, help="runs of an hour's bundles after the backlog")
+    parser.add_argument("--per-hour", type=int, default=33, help="bundles per hourly run (the simulation sees about 33)")
     parser.add_argument("--out", default="docs/results/ingest.json")
     args = parser.parse_args(argv)
-    result = run(args.devices, args.cells, args.days, args.seed)
+    result = run(args.devices, args.cells, args.days, args.seed, args.hourly_runs, args.per_hour)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
