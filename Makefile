@@ -32,7 +32,7 @@ bench: $(STAMP)
 evaluation: $(STAMP)
 	$(VENV)/bin/python -m bench.evaluation --models 5000 --repeats 5
 
-# The device fleet at the size of its bar: 200 devices x 100 cells, 10 days, on a moto S3 server (about 13 minutes here).
+# The device fleet at the size of its bar: 200 devices x 100 cells, 10 days, on a moto S3 server (about 11 minutes here).
 fleet_sim: $(STAMP)
 	$(VENV)/bin/python -m flows.fleet_sim --store s3://fleet/store --devices 200 --cells 100 --days 10 --seed 0 \
 		--json --plot docs/figures/fleet-sim.png > docs/results/fleet-sim.json
