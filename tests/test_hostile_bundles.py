@@ -8,6 +8,7 @@ store stop it. The store's files are compared byte for byte before and after eac
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -82,7 +83,34 @@ FORGERIES = {
     "not-a-bundle": lambda d, f: b"PK\x03\x04" + d[4:],
     "empty": lambda d, f: b"",
     "bomb": bomb_segment,
-    "oversized": lambda d, f: d + bytes(4 << 20),
+    "trailing-bytes": lambda d, f: d + bytes(4 << 20),
+}
+
+# What each forgery's quarantine note must say: the check that caught it, not merely that one did.
+REASONS = {
+    "another-device": "names device 'car-1' but arrived in the inbox of 'car-0'",
+    "base-never-held": "starts from models the store never held for this device",
+    "content-lies": "decodes to other models than it claims",
+    "other-architecture": "holds models of another architecture or count",
+    "model-count": "segments do not add up to its size",
+    "row-size": "was made for another architecture than the lineage's",
+    "negative-segment": "segments do not add up to its size",
+    "segments-overrun": "segments do not add up to its size",
+    "unknown-codec": "unknown codec 'pickle'",
+    "codec-path": "unknown codec '../../etc/passwd'",
+    "full-leaves-out": "is a full bundle that leaves tensors out",
+    "extra-field": "is invalid at exec: Extra inputs are not permitted",
+    "newer-format": "is invalid at schema_version",
+    "record-on-a-delta": "is a delta bundle that carries a training record",
+    "provenance-with-segments": "is a provenance bundle with tensor segments",
+    "device-path": "is invalid at device",
+    "bad-time": "is invalid at device_time",
+    "deep-json": "is not valid JSON",
+    "header-claims-more": "claims a header of 2147483648 bytes, more than it holds",
+    "not-a-bundle": "is not an mmstore bundle",
+    "empty": "is not an mmstore bundle",
+    "bomb": "decodes to more bytes",
+    "trailing-bytes": "segments do not add up to its size",
 }
 
 
@@ -110,7 +138,25 @@ def test_a_forged_bundle_is_quarantined_and_changes_nothing(fleet, tmp_path, nam
     assert forge.files(tmp_path / "store") == before
     reason = json.loads(fleet.inbox.get(key.replace("pending/", "quarantine/").replace(".mmb", ".json")))["reason"]
     assert reason == outcome.reason and "\n" not in reason and len(reason) < 400
+    assert REASONS[name] in reason
     assert fleet.inbox.exists(key.replace("pending/", "quarantine/")) and pending(fleet.inbox) == {}
+
+
+def test_every_forgery_has_its_expected_reason():
+    assert sorted(REASONS) == sorted(FORGERIES)
+
+
+def test_a_bundle_larger_than_the_device_could_send_is_quarantined_unread(fleet, tmp_path):
+    data = _valid_bundle(fleet)
+    key = pending_key("car-0", digest_bytes(data))
+    fleet.inbox.put(key, data, exclusive=True)
+    # A sparse file past the limit (twice the device's rows, a header and the datasets' allowance):
+    # only its listed size can stop it, since reading it would already allocate what it claims.
+    os.truncate(tmp_path / "inbox" / key, 80 << 20)
+    before = forge.files(tmp_path / "store")
+    outcome, = fleet.ingest()
+    assert outcome.status == "quarantined" and "is larger than any bundle of this device's 4 models can be" in outcome.reason
+    assert forge.files(tmp_path / "store") == before
 
 
 def test_the_valid_bundle_the_forgeries_start_from_is_accepted(fleet):
