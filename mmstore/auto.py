@@ -34,9 +34,10 @@ def choose_approach(model_set: ModelSet, base: Manifest | None, store: StoreAcce
         candidates.append(Option("update", delta, delta, delta_seconds(snapshot, delta, depth, settings)))
     record = options.get("provenance")
     if record is not None and base_rows is not None:
-        stored = len(canonical_json(record))
+        stored = len(canonical_json(record.model_copy(update={"seconds": {}})))
         base_seconds = snapshot_seconds(snapshot, settings)
-        candidates.append(Option("provenance", stored, stored, replay_seconds(base_seconds, len(record.changes), settings)))
+        recipes = [recipe for recipe, _ in record.changes.values()]
+        candidates.append(Option("provenance", stored, stored, replay_seconds(base_seconds, recipes, record.seconds, settings)))
     return choose(candidates, settings)
 
 

@@ -11,16 +11,18 @@ that recovers fastest. Recovery times (docs/architecture.md, "Cost model"):
 
     snapshot of B bytes:            R = B / r
     delta at depth d over it:       R = (B + d * D) / r + d * t_step       (D: a delta's bytes)
-    provenance replaying k models:  R = R_base + k * t_replay
+    provenance replaying models:    R = R_base + sum over the models of t_replay(recipe)
 
-with r the read throughput, t_step the fixed cost of applying one delta and t_replay the measured
-seconds of one model's replay. The deepest delta chain that still recovers in time is the snapshot
+with r the read throughput, t_step the fixed cost of applying one delta and t_replay(recipe) the
+seconds one model's training with that recipe took where it was measured (a replay repeats it),
+else the `replay_seconds_per_model` setting. The deepest delta chain that still recovers in time is the snapshot
 policy: `max_delta_depth`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
@@ -102,9 +104,13 @@ def delta_seconds(snapshot_bytes: int, delta_bytes: int, depth: int, settings: S
     return snapshot_seconds(snapshot_bytes + depth * delta_bytes, settings) + depth * settings.delta_step_seconds
 
 
-def replay_seconds(base_seconds: float, models: int, settings: Settings) -> float:
-    """Seconds to recover a provenance version: its base, then `models` replays."""
-    return base_seconds + models * settings.replay_seconds_per_model
+def replay_seconds(base_seconds: float, recipes: Sequence[str], measured: Mapping[str, float], settings: Settings) -> float:
+    """Seconds to recover a provenance version: its base, then one replay per retrained model (by its recipe's name).
+
+    A replay takes what the model's training took: `measured` seconds per model by recipe where known,
+    `replay_seconds_per_model` for a recipe nobody timed.
+    """
+    return base_seconds + sum(measured.get(recipe, settings.replay_seconds_per_model) for recipe in recipes)
 
 
 def max_delta_depth(snapshot_bytes: int, delta_bytes: int, settings: Settings) -> int:

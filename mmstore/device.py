@@ -8,8 +8,8 @@ tensor; the central ingest (`mmstore.ingest`) makes it a version of the device's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .backend import Backend
@@ -51,18 +51,29 @@ def deploy(store: Store, fleet_set: str, devices: Sequence[str], models_per_devi
 
 @dataclass(frozen=True)
 class Training:
-    """How a device retrained its models: the trainer, its named recipes, per model its recipe and data, the environment."""
+    """How a device retrained its models: the trainer, its named recipes, per model its recipe and data, the environment.
+
+    `seconds` is what training one model took per recipe, as the device measured it: the cost model's
+    estimate of replaying them. `held` maps a dataset's digest to the URI where the store can already
+    read it (below its dataset roots): such data is named in the bundle, not sent.
+    """
 
     trainer: str
     recipes: dict[str, dict]
     changes: dict[int, tuple[str, bytes]]
     environment: str
+    seconds: Mapping[str, float] = field(default_factory=dict)
+    held: Mapping[str, str] = field(default_factory=dict)
 
     def record(self) -> tuple[DeviceRecord, dict[str, bytes]]:
-        """The record a provenance bundle carries and the datasets it sends, by digest."""
+        """The record a provenance bundle carries and the datasets it sends (those the store does not hold), by digest."""
         datasets = {digest_bytes(data): data for _, data in self.changes.values()}
-        claims = {m: (recipe, DatasetClaim(digest=digest_bytes(data), size=len(data))) for m, (recipe, data) in self.changes.items()}
-        return DeviceRecord(trainer=self.trainer, recipes=self.recipes, changes=claims, environment=self.environment), datasets
+        claims = {m: (recipe, self._claim(digest_bytes(data), len(data))) for m, (recipe, data) in self.changes.items()}
+        record = DeviceRecord(trainer=self.trainer, recipes=self.recipes, changes=claims, environment=self.environment)
+        return record, {digest: data for digest, data in datasets.items() if digest not in self.held}
+
+    def _claim(self, digest: str, size: int) -> DatasetClaim:
+        return DatasetClaim(digest=digest, size=size, uri=self.held.get(digest))
 
 
 @dataclass(frozen=True)
@@ -113,7 +124,7 @@ class Device:
         }
         if training is not None:
             encoded["provenance"] = encode_provenance_bundle(header, *training.record())
-        choice = self.explain(encoded, len(training.changes) if training else 0)
+        choice = self.explain(encoded, training)
         chosen = choice.chosen if kind == "auto" else kind
         if chosen not in encoded:
             raise MMStoreError(f"unknown bundle kind {kind!r}; choose auto, delta, full or (with training) provenance")
@@ -126,15 +137,16 @@ class Device:
         self.depth = 0 if chosen == "full" else self.depth + 1
         return Push(key, chosen, len(data), len(encoded["full"]), choice)
 
-    def explain(self, encoded: dict[str, bytes], retrained: int = 0) -> Choice:
+    def explain(self, encoded: dict[str, bytes], training: Training | None = None) -> Choice:
         """The cost model's view of sending the changed tensors, every tensor, or (if encoded) how they were trained."""
         settings, full, delta = self.store.settings, len(encoded["full"]), len(encoded["delta"])
         after = delta_seconds(full, delta, self.depth + 1, settings)
         options = [Option("delta", delta, delta, after), Option("full", full, full, snapshot_seconds(full, settings))]
-        if "provenance" in encoded:
+        if training is not None and "provenance" in encoded:
             sent = len(encoded["provenance"])
             base = delta_seconds(full, delta, self.depth, settings)
-            options.append(Option("provenance", sent, sent, replay_seconds(base, retrained, settings)))
+            recipes = [recipe for recipe, _ in training.changes.values()]
+            options.append(Option("provenance", sent, sent, replay_seconds(base, recipes, training.seconds, settings)))
         return choose(options, settings)
 
     def _arch_id(self) -> str:

@@ -9,7 +9,7 @@ import stat
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import fsspec
 import zstandard
@@ -71,6 +71,8 @@ class ProvenanceRecord(BaseModel):
     `changes` maps each changed model's index to its recipe's name and its dataset; `environment`
     is the fingerprint (JSON) of the environment the training ran in. With `groups`, the trainer is
     a group trainer (`register_group_trainer`) and the plan says which models trained together.
+    `seconds` (not stored) is what training one model took per recipe, for `approach="auto"`'s
+    estimate of replaying them.
     """
 
     model_config = _FROZEN
@@ -80,6 +82,7 @@ class ProvenanceRecord(BaseModel):
     changes: dict[int, tuple[str, DatasetRef]]
     environment: str
     groups: GroupPlan | None = None
+    seconds: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
 
     @field_validator("environment", mode="before")
     @classmethod
