@@ -193,6 +193,52 @@ def _ingest_once(store_url: str, inbox_url: str, start, results) -> None:
     results.put([o.status for o in ingest(store, inbox, pending(inbox))])
 
 
+def test_devices_pushing_concurrently_while_ingest_runs_commit_each_version_exactly_once(tmp_path):
+    fleet = Fleet(str(tmp_path / "store"), str(tmp_path / "inbox"))
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(len(DEVICES)), context.Queue()
+    pushers = [context.Process(target=_push_days, args=(fleet.store_url, fleet.inbox_url, name, start, results)) for name in DEVICES]
+    for pusher in pushers:
+        pusher.start()
+    statuses = []
+    while any(p.is_alive() for p in pushers):  # ingest keeps running while the devices push
+        statuses += [o.status for o in fleet.ingest()]
+    held = dict(results.get(timeout=60) for _ in pushers)
+    for pusher in pushers:
+        pusher.join(timeout=30)
+    statuses += [o.status for o in fleet.ingest()]
+    assert statuses.count("committed") == 3 * len(DEVICES) and "quarantined" not in statuses
+    for name in DEVICES:
+        assert len(fleet.versions(name)) == 4  # the slice and three days, none twice, the repeated push included
+        assert digest_bytes(fleet.open().recover(name).data) == held[name]
+    assert pending(fleet.inbox) == {}
+
+
+class _Recording:
+    """An inbox that keeps the last bundle put into it, so that a device can deliver it again as a retried upload does."""
+
+    def __init__(self, backend):
+        self.backend, self.last = backend, None
+
+    def put(self, key: str, data, *, exclusive: bool) -> bool:
+        self.last = (key, bytes(data))
+        return self.backend.put(key, data, exclusive=exclusive)
+
+
+def _push_days(store_url: str, inbox_url: str, name: str, start, results) -> None:
+    """One device: three days of pushes (the second delivered twice), started with the other devices at once."""
+    inbox = _Recording(open_backend(inbox_url))
+    device = Device(name, Store.open(store_url, TEST_SETTINGS), inbox)
+    models = device.pull()
+    start.wait(timeout=60)
+    for day in range(3):
+        models = changed(models, day, seed=100 * day + int(name[-1]))
+        device.push(models, f"2026-01-0{day + 2}T00:00:00+00:00")
+        if day == 1:  # before or after ingest took the first delivery: either way it must commit once
+            inbox.backend.put(*inbox.last, exclusive=False)
+    results.put((name, digest_bytes(models.data)))
+
+
 def test_an_upload_cut_off_at_any_byte_is_never_accepted(fleet):
     device = fleet.device("car-0")
     push = device.push(changed(device.base, 2, seed=7))

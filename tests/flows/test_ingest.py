@@ -53,3 +53,18 @@ def test_fleet_simulation_contract_on_s3(s3_endpoint, s3_options, tmp_path):
     assert report["quarantined"] == 0 and report["lineages"] == ["device-0000", "device-0001", "device-0002"]
     assert 0 < report["bytes_uploaded"] < report["bytes_full_upload"] and plot.stat().st_size > 10_000
     assert 0.5 < report["uploaded_per_stored"] < 1.2
+
+
+def test_fleet_simulation_contract_on_a_local_directory_with_its_own_inbox(tmp_path):
+    store, inbox = tmp_path / "store", tmp_path / "elsewhere" / "inbox"
+    env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
+    run = subprocess.run([sys.executable, "-m", "flows.fleet_sim", "--store", str(store), "--inbox", str(inbox), "--devices", "2",
+                          "--cells", "20", "--days", "2", "--seed", "5", "--json"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert REPORT_KEYS <= set(report) and report["lineages"] == ["device-0000", "device-0001"]
+    assert report["bundles"] == report["ingested"] == report["versions_verified"] == report["versions_total"] == 4
+    assert report["quarantined"] == 0 and 0 < report["bytes_uploaded"] < report["bytes_full_upload"]
+    assert inbox.is_dir() and not (tmp_path / "store-inbox").exists()  # the inbox given, not the one beside the store
+    assert {"device-0000", "device-0001"} <= set(Store.open(str(store), Settings()).lineages())
