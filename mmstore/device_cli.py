@@ -3,7 +3,8 @@ and `mmstore explain` (the cost model's view of a stored set).
 
 A device works in a directory: `pull` writes one `.safetensors` file per model there, with the
 models it started from kept beside them (`.mmstore-device.json`, `.mmstore-base.bin`); the device
-retrains the files in place with any tool, and `push` sends what changed as one bundle.
+retrains the files in place with any tool, and `push` sends what changed as one bundle. Given how
+they were retrained (`--training FILE`, a JSON `TrainingFile`), sending that record is an option too.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ import argparse
 import glob
 import json
 import os
+from typing import Annotated
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .auto import choose_approach
 from .backend import open_backend
 from .costmodel import max_delta_depth
-from .device import Device, deploy
+from .device import Device, Training, deploy
 from .digest import digest_bytes
 from .errors import MMStoreError, OutputError
 from .export import export_safetensors
@@ -58,7 +61,8 @@ def cmd_device_push(store: Store, args: argparse.Namespace) -> None:
     base = ModelSet(arch.arch, arch.layout, base_rows, trusted=store.settings.allowed_prefixes())
     inbox = open_backend(args.inbox or store.url.rstrip("/") + "-inbox", store.settings.durable)
     device = Device(args.device, store, inbox, base, state["base_set"], int(state["depth"]))
-    push = device.push(_read_models(args.dir, base), kind=args.kind, dry_run=args.dry_run)
+    training = _read_training(args.training) if args.training else None
+    push = device.push(_read_models(args.dir, base), kind=args.kind, dry_run=args.dry_run, training=training)
     if not args.dry_run:
         _write(os.path.join(args.dir, BASE_ROWS), device.base.data.tobytes())
         state = {**state, "base_set": None, "base_content": digest_bytes(device.base.data), "depth": device.depth}
@@ -82,6 +86,54 @@ def cmd_explain(store: Store, args: argparse.Namespace) -> None:
               f"the update approach snapshots past depth {min(depth, store.settings.max_chain_depth)}")
     _print(args, {"set": set_id, "stored_as": manifest.approach, "choice": choice.model_dump(), "max_delta_depth": depth},
            f"set {set_id[:12]} is stored as {manifest.approach}\n{choice.table()}\n{policy}")
+
+
+class TrainingFile(BaseModel):
+    """How a device retrained: the trainer ("module:function"), its named recipes, per model its recipe and
+    dataset file, the environment's fingerprint file, seconds per model by recipe, and datasets the store
+    already holds (file -> URI). Paths are relative to the JSON file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    trainer: str
+    recipes: dict[str, dict[str, JsonValue]]
+    changes: dict[int, tuple[str, str]] = Field(min_length=1)
+    environment: str
+    seconds: dict[str, Annotated[float, Field(ge=0)]] = {}
+    held: dict[str, str] = {}
+
+
+# What a bundle may carry in datasets: the ingest side refuses larger ones unread.
+_MAX_TRAINING_BYTES = 64 << 20
+
+
+def _read_training(path: str) -> Training:
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        spec = TrainingFile.model_validate_json(_read_file(path, 1 << 20))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the file"
+        raise MMStoreError(f"{path} is not a training description: {where}: {first['msg']}; see `mmstore device push --help`") from None
+    files = {name: _read_file(os.path.join(folder, name), _MAX_TRAINING_BYTES) for _, name in spec.changes.values()}
+    sent = sum(len(data) for name, data in files.items() if name not in spec.held)
+    if sent > _MAX_TRAINING_BYTES:
+        raise MMStoreError(f"the datasets of {path} are {sent:,} bytes, more than a bundle may carry; "
+                           "name datasets the store holds under `held`, or push the changed tensors")
+    return Training(spec.trainer, spec.recipes, {m: (recipe, files[name]) for m, (recipe, name) in spec.changes.items()},
+                    _read_file(os.path.join(folder, spec.environment), 1 << 16).decode(errors="replace"), spec.seconds,
+                    {digest_bytes(files[name]): uri for name, uri in spec.held.items() if name in files})
+
+
+def _read_file(path: str, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise MMStoreError(f"cannot read {path} ({exc.strerror})") from None
+    if len(data) > limit:
+        raise MMStoreError(f"{path} is larger than {limit:,} bytes")
+    return data
 
 
 def _read_state(directory: str, device: str) -> dict:
@@ -148,7 +200,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         p.add_argument("dir", help="the directory holding the device's models")
     pull.set_defaults(func=cmd_device_pull)
     push.add_argument("--inbox", help="inbox URL (default: the store URL + '-inbox')")
-    push.add_argument("--kind", choices=["auto", "delta", "full"], default="auto", help="what to send (auto: the cost model decides)")
+    push.add_argument("--kind", choices=["auto", "delta", "full", "provenance"], default="auto",
+                      help="what to send (auto: the cost model decides; provenance needs --training)")
+    push.add_argument("--training", metavar="FILE", help="how the models were retrained: a JSON file with trainer, recipes, "
+                      "changes {model: [recipe, dataset file]}, environment (a fingerprint file) and optionally "
+                      "seconds {recipe: seconds per model} and held {dataset file: URI the store reads it at}")
     push.add_argument("--dry-run", action="store_true", help="show the cost model's choice, send nothing")
     push.set_defaults(func=cmd_device_push)
     explain = sub.add_parser("explain", help=cmd_explain.__doc__, description=cmd_explain.__doc__, parents=[common])

@@ -13,6 +13,7 @@ from mmstore import Settings, Store
 from mmstore.backend import open_backend
 from mmstore.ingest import ingest, pending
 from tests.forge import small_set
+from tests.test_provenance_bundles import SETTINGS, device_fleet, retrain
 
 ENV = {**os.environ, "MMSTORE_TRUSTED_MODULES": "tests"}
 
@@ -56,3 +57,42 @@ def test_device_errors_are_one_line(tmp_path):
     assert deploy.returncode == 1 and deploy.stderr.count("\n") == 1 and "need 8 models" in deploy.stderr
     push = mmstore(url, "device", "push", "fleet", str(tmp_path / "nothing"))
     assert push.returncode == 1 and "run `mmstore device pull fleet" in push.stderr and push.stderr.count("\n") == 1
+
+
+def test_a_device_pushes_how_it_retrained_and_ingest_replays_it(tmp_path):
+    fleet = device_fleet(tmp_path)
+    work = tmp_path / "car"
+    assert mmstore(fleet.store_url, "device", "pull", "car-0", str(work)).returncode == 0
+    models, training = retrain(fleet.device("car-0").base, {1: "full", 3: "partial"}, seed=6)
+    for cell in (1, 3):
+        save_file(models.state_dict(cell), work / f"model-{cell:05d}.safetensors")
+        (work / f"cell-{cell}.npz").write_bytes(training.changes[cell][1])
+    (work / "fingerprint.json").write_bytes(training.environment)
+    description = {"trainer": training.trainer, "recipes": training.recipes, "environment": "fingerprint.json",
+                   "changes": {str(cell): [training.changes[cell][0], f"cell-{cell}.npz"] for cell in (1, 3)},
+                   "seconds": {"full": 0.2, "partial": 0.1}}
+    (work / "training.json").write_text(json.dumps(description))
+    dry = json.loads(mmstore(fleet.store_url, "device", "push", "car-0", str(work), "--training", str(work / "training.json"),
+                             "--dry-run", "--json").stdout)
+    assert [o["name"] for o in dry["choice"]["options"]] == ["delta", "full", "provenance"]
+    sent = mmstore(fleet.store_url, "device", "push", "car-0", str(work), "--kind", "provenance", "--training",
+                   str(work / "training.json"), "--inbox", fleet.inbox_url, "--json")
+    assert json.loads(sent.stdout)["kind"] == "provenance", sent.stderr
+    outcome, = fleet.ingest()
+    assert outcome.status == "committed", outcome
+    store = Store.open(fleet.store_url, SETTINGS)
+    assert store.manifest(outcome.set_id).approach == "provenance" and store.recover("car-0").equals(models)
+
+
+def test_a_training_description_that_is_wrong_is_one_line_that_says_what(tmp_path):
+    fleet = device_fleet(tmp_path)
+    work = tmp_path / "car"
+    assert mmstore(fleet.store_url, "device", "pull", "car-1", str(work)).returncode == 0
+    (work / "training.json").write_text(json.dumps({"trainer": "tests.provenance_fleet:train", "recipes": {},
+                                                     "changes": {"0": ["full", "missing.npz"]}, "environment": "fp.json"}))
+    missing = mmstore(fleet.store_url, "device", "push", "car-1", str(work), "--training", str(work / "training.json"))
+    assert missing.returncode == 1 and "cannot read" in missing.stderr and missing.stderr.count("\n") == 1
+    (work / "training.json").write_text(json.dumps({"trainer": "x:y", "changes": {}, "environment": "fp.json"}))
+    invalid = mmstore(fleet.store_url, "device", "push", "car-1", str(work), "--training", str(work / "training.json"))
+    assert invalid.returncode == 1 and "is not a training description: recipes" in invalid.stderr
+    assert invalid.stderr.count("\n") == 1
