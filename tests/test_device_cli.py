@@ -23,6 +23,11 @@ def mmstore(store: str, *args: str) -> subprocess.CompletedProcess:
                           env=ENV, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
 
 
+def device_day(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "workloads.device_day", *args], capture_output=True, text=True,
+                          env=ENV, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
 def test_pull_retrain_push_ingest_and_explain(tmp_path):
     url = str(tmp_path / "store")
     store = Store.open(url, Settings(trusted_modules=("tests",)))
@@ -96,3 +101,26 @@ def test_a_training_description_that_is_wrong_is_one_line_that_says_what(tmp_pat
     invalid = mmstore(fleet.store_url, "device", "push", "car-1", str(work), "--training", str(work / "training.json"))
     assert invalid.returncode == 1 and "is not a training description: recipes" in invalid.stderr
     assert invalid.stderr.count("\n") == 1
+
+
+def test_a_device_pulls_retrains_with_the_battery_workload_and_pushes(tmp_path):
+    fleet = device_fleet(tmp_path)
+    work = tmp_path / "car"
+    assert mmstore(fleet.store_url, "device", "pull", "car-1", str(work)).returncode == 0
+    before = {p.name: p.read_bytes() for p in work.glob("model-*.safetensors")}
+    day = device_day(str(work), "--first-cell", "4", "--day", "2", "--seed", "0", "--full", "0.25", "--partial", "0.25")
+    retrained = json.loads(day.stdout)
+    assert len(retrained["full"]) == len(retrained["partial"]) == 1 and retrained["data_bytes"] > 0, day.stderr
+    after = {p.name: p.read_bytes() for p in work.glob("model-*.safetensors")}
+    assert sorted(n for n in after if after[n] != before[n]) == sorted(
+        f"model-{c:05d}.safetensors" for c in retrained["full"] + retrained["partial"])
+    sent = json.loads(mmstore(fleet.store_url, "device", "push", "car-1", str(work), "--inbox", fleet.inbox_url, "--json").stdout)
+    assert sent["kind"] == "delta" and sent["bytes"] < sent["full_bytes"] / 2
+    outcome, = fleet.ingest()
+    recovered = Store.open(fleet.store_url, SETTINGS).recover("car-1")
+    assert outcome.status == "committed"
+    for cell in range(len(recovered)):
+        pushed = load_file(work / f"model-{cell:05d}.safetensors")
+        assert all(tensor.equal(pushed[name]) for name, tensor in recovered.state_dict(cell).items())
+    missing = device_day(str(tmp_path / "none"), "--first-cell", "0", "--day", "1")
+    assert missing.returncode == 1 and "run `mmstore device pull" in missing.stderr and missing.stderr.count("\n") == 1

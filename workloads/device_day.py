@@ -1,15 +1,27 @@
-"""One simulated day on a device: find the drifted cells on the newest data and retrain them locally."""
+"""One simulated day on a device: find the drifted cells on the newest data and retrain them locally.
+
+    python -m workloads.device_day DIR --first-cell N --day D --seed S [--arch ffnn48] [--full F] [--partial P]
+
+retrains, in place, the models `mmstore device pull` wrote to DIR (the battery cells N, N+1, ...),
+between that pull and `mmstore device push`.
+"""
 
 from __future__ import annotations
 
+import argparse
+import glob
+import json
 import os
+import sys
 import traceback
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
-from mmstore import ModelSet, Store
+from mmstore import ArchSpec, MMStoreError, ModelSet, Store
 from mmstore.backend import open_backend
 from mmstore.device import Device
 from mmstore.digest import digest_bytes
@@ -18,7 +30,7 @@ from workloads.fleet import Fleet
 from workloads.models import ARCHITECTURES
 from workloads.training import TrainRecipe, train_stacked
 
-__all__ = ["DayResult", "retrain_day", "device_worker"]
+__all__ = ["DayResult", "retrain_day", "retrain_directory", "device_worker", "main"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +104,45 @@ def device_worker(store_url: str, inbox_url: str, devices: list[tuple[str, int]]
 
 def _option(push, name: str) -> int:
     return next(o.wire_bytes for o in push.choice.options if o.name == name)
+
+
+def retrain_directory(directory: str, first_cell: int, day: int, seed: int, arch: str, fractions: tuple[float, float]) -> DayResult:
+    """Retrain the drifted models of a pulled device directory in place (files of unchanged models stay as they were)."""
+    cls = ARCHITECTURES[arch]
+    paths = sorted(glob.glob(os.path.join(glob.escape(directory), "model-*.safetensors")))
+    if not paths:
+        raise MMStoreError(f"{directory} holds no model files; run `mmstore device pull DEVICE {directory}` first")
+    names = list(cls().state_dict())
+    try:
+        states = [load_file(path) for path in paths]
+        models = ModelSet.from_state_dicts([{name: state[name] for name in names} for state in states], ArchSpec.of(cls))
+    except (OSError, KeyError, SafetensorError) as exc:
+        raise MMStoreError(f"the models in {directory} are not {arch} models ({exc}); pull them again") from None
+    result = retrain_day(models, Fleet(seed, 0, cls), first_cell, day, arch, *fractions)
+    for cell in (*result.full, *result.partial):
+        save_file(result.models.state_dict(cell), paths[cell])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: retrain a pulled directory for one day; what was retrained, as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dir", help="the directory `mmstore device pull` wrote")
+    parser.add_argument("--first-cell", type=int, required=True, help="the battery cell of the device's first model")
+    parser.add_argument("--day", type=int, required=True, help="the day (drive cycle) whose data the cells saw")
+    parser.add_argument("--seed", type=int, default=0, help="the fleet's seed")
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="ffnn48")
+    parser.add_argument("--full", type=float, default=0.05, help="share of cells retrained fully (the worst)")
+    parser.add_argument("--partial", type=float, default=0.05, help="share retrained in their last layer (the next worst)")
+    args = parser.parse_args(argv)
+    try:
+        result = retrain_directory(args.dir, args.first_cell, args.day, args.seed, args.arch, (args.full, args.partial))
+    except MMStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"full": list(result.full), "partial": list(result.partial), "data_bytes": result.data_nbytes}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
