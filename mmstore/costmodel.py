@@ -15,8 +15,8 @@ that recovers fastest. Recovery times (docs/architecture.md, "Cost model"):
 
 with r the read throughput, t_step the fixed cost of applying one delta and t_replay(recipe) the
 seconds one model's training with that recipe took where it was measured (a replay repeats it),
-else the `replay_seconds_per_model` setting. The deepest delta chain that still recovers in time is the snapshot
-policy: `max_delta_depth`.
+else the `replay_seconds_per_model` setting. The deepest delta chain that still recovers in time
+is the snapshot policy: `max_delta_depth`.
 """
 
 from __future__ import annotations
