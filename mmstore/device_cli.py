@@ -27,6 +27,7 @@ from .device import Device, Training, deploy
 from .digest import digest_bytes
 from .errors import MMStoreError, OutputError
 from .export import export_safetensors
+from .ingest import DATASET_ALLOWANCE
 from .modelset import ModelSet
 from .store import Store
 
@@ -103,10 +104,6 @@ class TrainingFile(BaseModel):
     held: dict[str, str] = {}
 
 
-# What a bundle may carry in datasets: the ingest side refuses larger ones unread.
-_MAX_TRAINING_BYTES = 64 << 20
-
-
 def _read_training(path: str) -> Training:
     folder = os.path.dirname(os.path.abspath(path))
     try:
@@ -115,9 +112,9 @@ def _read_training(path: str) -> Training:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "the file"
         raise MMStoreError(f"{path} is not a training description: {where}: {first['msg']}; see `mmstore device push --help`") from None
-    files = {name: _read_file(os.path.join(folder, name), _MAX_TRAINING_BYTES) for _, name in spec.changes.values()}
+    files = {name: _read_file(os.path.join(folder, name), DATASET_ALLOWANCE) for _, name in spec.changes.values()}
     sent = sum(len(data) for name, data in files.items() if name not in spec.held)
-    if sent > _MAX_TRAINING_BYTES:
+    if sent > DATASET_ALLOWANCE:
         raise MMStoreError(f"the datasets of {path} are {sent:,} bytes, more than a bundle may carry; "
                            "name datasets the store holds under `held`, or push the changed tensors")
     return Training(spec.trainer, spec.recipes, {m: (recipe, files[name]) for m, (recipe, name) in spec.changes.items()},

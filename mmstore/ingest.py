@@ -26,13 +26,14 @@ from .manifest import Manifest
 from .modelset import ModelSet
 from .store import Store
 
-__all__ = ["Outcome", "Swept", "pending", "ingest", "ingest_device", "quarantine_key", "sweep_inbox", "RECENT_VERSIONS"]
+__all__ = ["Outcome", "Swept", "pending", "ingest", "ingest_device", "quarantine_key", "sweep_inbox", "RECENT_VERSIONS",
+           "DATASET_ALLOWANCE"]
 
 # How far back a stale or repeated bundle is looked for: a device is at most this many versions behind.
 RECENT_VERSIONS = 64
 _HEADER_ALLOWANCE = 1 << 20
 # What a provenance bundle may carry in datasets beyond that (a bundle is read whole before it is checked).
-_DATASET_ALLOWANCE = 64 << 20
+DATASET_ALLOWANCE = 64 << 20
 # Bundles committed together: one pack and one inbox deletion for this many, a few MB of parameters held.
 GROUP = 256
 
@@ -241,7 +242,7 @@ def _read(store: Store, inbox: Backend, lineage: _Lineage, entry: Entry) -> Bund
     key = entry.key
     match = PENDING.fullmatch(key)
     layout = store.arch_document(lineage.head).layout
-    limit = 2 * lineage.head.n_models * layout.row_nbytes + _HEADER_ALLOWANCE + _DATASET_ALLOWANCE
+    limit = 2 * lineage.head.n_models * layout.row_nbytes + _HEADER_ALLOWANCE + DATASET_ALLOWANCE
     what = f"bundle {key}"
     if match is None or match["device"] != lineage.name:
         raise MMStoreError(f"{what} is not named as a bundle of device {lineage.name!r}")
