@@ -14,7 +14,7 @@ from mmstore.backend import open_backend
 from mmstore.bundle import parse_bundle
 from mmstore.device import Device, deploy, pending_key
 from mmstore.digest import digest_bytes
-from mmstore.ingest import ingest, pending
+from mmstore.ingest import ingest, pending, sweep_inbox
 from tests.conftest import TEST_SETTINGS, make_s3_bucket
 from tests.forge import small_set
 
@@ -287,6 +287,28 @@ def test_a_fleet_on_s3_round_trips(s3_options):
     assert fleet.open().recover("car-0").equals(models) and pending(fleet.inbox) == {}
     assert pending_key("car-0", push.key.rsplit("/", 1)[1][:-4]) == push.key
 
+
+
+def test_an_s3_multipart_upload_cut_off_before_completion_is_no_bundle_and_is_swept(s3_options):
+    import s3fs
+
+    bucket = make_s3_bucket(s3_options)
+    fleet = Fleet(f"s3://{bucket}/store", f"s3://{bucket}/inbox", **s3_options)
+    device = fleet.device("car-0")
+    models = changed(device.base, 1, seed=12)
+    push = device.push(models, WHEN, dry_run=True)
+    head = fleet.versions("car-0")
+    fs = s3fs.S3FileSystem(**s3_options)
+    key = f"inbox/{push.key}"
+    upload = fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key)
+    fs.call_s3("upload_part", Bucket=bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"\0" * push.nbytes)
+    # The device lost its connection here: every part but the completion was sent.
+    assert pending(fleet.inbox) == {} and fleet.ingest() == [] and fleet.versions("car-0") == head
+    assert sweep_inbox(fleet.inbox, grace=30 * 365 * 86400, keep_quarantined=86400).unfinished == 0  # moto dates uploads 2010
+    assert sweep_inbox(fleet.inbox, grace=0, keep_quarantined=86400).unfinished == 1
+    assert fs.list_multipart_uploads(bucket) == []
+    assert device.push(models, WHEN).key == push.key  # the retry, whole, under the name the cut upload had
+    assert [o.status for o in fleet.ingest()] == ["committed"] and fleet.open().recover("car-0").equals(models)
 
 
 def test_a_reader_sees_what_another_writer_committed_after_it_listed(s3_options):
