@@ -69,7 +69,7 @@ def test_v1_provenance_store_replays_bit_for_bit_on_the_cpu_it_was_recorded_on(v
         assert store.verify(**options) == [info.id for info in store.list()]
     else:
         # Float training is bit-reproducible on the CPU it ran on, not across vendors (an AMD EPYC recorded
-        # this fixture; MKL and oneDNN take other kernels on other CPUs): replay must refuse, never return other bits.
+        # this fixture, and the numeric libraries pick their kernels by CPU): replay must refuse, never return other bits.
         with pytest.raises(ReproductionError, match="not reproducible here; replay in the recorded environment"):
             Store(store.backend, store.settings).recover(replayed, **options)
     assert _files(root) == before  # reading never writes
