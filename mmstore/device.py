@@ -67,13 +67,11 @@ class Training:
 
     def record(self) -> tuple[DeviceRecord, dict[str, bytes]]:
         """The record a provenance bundle carries and the datasets it sends (those the store does not hold), by digest."""
-        datasets = {digest_bytes(data): data for _, data in self.changes.values()}
-        claims = {m: (recipe, self._claim(digest_bytes(data), len(data))) for m, (recipe, data) in self.changes.items()}
+        digests = {m: digest_bytes(data) for m, (_, data) in self.changes.items()}
+        claims = {m: (recipe, DatasetClaim(digest=digests[m], size=len(data), uri=self.held.get(digests[m])))
+                  for m, (recipe, data) in self.changes.items()}
         record = DeviceRecord(trainer=self.trainer, recipes=self.recipes, changes=claims, environment=self.environment)
-        return record, {digest: data for digest, data in datasets.items() if digest not in self.held}
-
-    def _claim(self, digest: str, size: int) -> DatasetClaim:
-        return DatasetClaim(digest=digest, size=size, uri=self.held.get(digest))
+        return record, {digests[m]: data for m, (_, data) in self.changes.items() if digests[m] not in self.held}
 
 
 @dataclass(frozen=True)

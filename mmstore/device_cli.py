@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from .arch import ArchSpec
 from .auto import choose_approach
 from .backend import open_backend
 from .costmodel import max_delta_depth
@@ -31,7 +32,8 @@ from .ingest import DATASET_ALLOWANCE
 from .modelset import ModelSet
 from .store import Store
 
-__all__ = ["register", "cmd_device_deploy", "cmd_device_pull", "cmd_device_push", "cmd_explain"]
+__all__ = ["register", "cmd_device_deploy", "cmd_device_pull", "cmd_device_push", "cmd_explain", "model_files",
+           "read_model_files", "TrainingFile"]
 
 STATE, BASE_ROWS = ".mmstore-device.json", ".mmstore-base.bin"
 
@@ -113,13 +115,17 @@ def _read_training(path: str) -> Training:
         where = ".".join(str(part) for part in first["loc"]) or "the file"
         raise MMStoreError(f"{path} is not a training description: {where}: {first['msg']}; see `mmstore device push --help`") from None
     files = {name: _read_file(os.path.join(folder, name), DATASET_ALLOWANCE) for _, name in spec.changes.values()}
+    unused = sorted(set(spec.held) - set(files))
+    if unused:
+        raise MMStoreError(f"{path} says the store holds {unused[0]!r}, which no retrained model used; "
+                           "name under `held` only dataset files listed in `changes`")
     sent = sum(len(data) for name, data in files.items() if name not in spec.held)
     if sent > DATASET_ALLOWANCE:
         raise MMStoreError(f"the datasets of {path} are {sent:,} bytes, more than a bundle may carry; "
                            "name datasets the store holds under `held`, or push the changed tensors")
     return Training(spec.trainer, spec.recipes, {m: (recipe, files[name]) for m, (recipe, name) in spec.changes.items()},
                     _read_file(os.path.join(folder, spec.environment), 1 << 16).decode(errors="replace"), spec.seconds,
-                    {digest_bytes(files[name]): uri for name, uri in spec.held.items() if name in files})
+                    {digest_bytes(files[name]): uri for name, uri in spec.held.items()})
 
 
 def _read_file(path: str, limit: int) -> bytes:
@@ -153,19 +159,29 @@ def _read_base(directory: str, row_nbytes: int, content: str) -> np.ndarray:
 
 
 def _read_models(directory: str, base: ModelSet) -> ModelSet:
-    paths = sorted(glob.glob(os.path.join(glob.escape(directory), "model-*.safetensors")))
+    paths = model_files(directory)
     if len(paths) != len(base):
         raise MMStoreError(f"{directory} holds {len(paths)} model files, the device has {len(base)} models; "
                            "keep one model-<index>.safetensors file per pulled model")
+    return read_model_files(paths, [spec.name for spec in base.layout.tensors], base.arch)
+
+
+def model_files(directory: str) -> list[str]:
+    """The `model-<index>.safetensors` files `pull` wrote to a directory, in model order."""
+    return sorted(glob.glob(os.path.join(glob.escape(directory), "model-*.safetensors")))
+
+
+def read_model_files(paths: list[str], names: list[str], arch: ArchSpec) -> ModelSet:
+    """The models in `paths` as one set, each holding exactly the tensors `names` (in the architecture's order)."""
+    directory = os.path.dirname(paths[0]) if paths else "the directory"
     try:
         states = [load_file(path) for path in paths]
     except (OSError, SafetensorError) as exc:
         raise MMStoreError(f"cannot read the models in {directory} ({exc}); keep them as .safetensors files") from None
-    names = [spec.name for spec in base.layout.tensors]
     if any(set(state) != set(names) for state in states):
         raise MMStoreError(f"the models in {directory} hold other tensors than the pulled ones; push retrained versions of them")
     # Files keep tensors in name order; the set keeps the models' own order, which its layout records.
-    return ModelSet.from_state_dicts([{name: state[name] for name in names} for state in states], base.arch)
+    return ModelSet.from_state_dicts([{name: state[name] for name in names} for state in states], arch)
 
 
 def _write(path: str, data: bytes) -> None:

@@ -41,7 +41,7 @@ def test_when_nothing_recovers_in_time_the_fastest_wins():
     assert choice.chosen == "slow" and "no way recovers within 30 s" in choice.reason
 
 
-@pytest.mark.parametrize("snapshot, delta, limit", [(2e8, 2e6, 30.0), (5e9, 1e7, 30.0), (1e6, 0.0, 0.5), (4e6, 4e4, 1.0)])
+@pytest.mark.parametrize("snapshot, delta, limit", [(2e8, 2e6, 30.0), (5e9, 1e7, 30.0), (1e6, 0.0, 0.5), (4e6, 4e4, 1.0), (1e10, 1e6, 30.0)])
 def test_the_deepest_chain_allowed_is_the_deepest_that_recovers_in_time(snapshot, delta, limit):
     settings = Settings(max_recover_seconds=limit)
     depth = max_delta_depth(int(snapshot), int(delta), settings)

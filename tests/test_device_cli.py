@@ -101,6 +101,11 @@ def test_a_training_description_that_is_wrong_is_one_line_that_says_what(tmp_pat
     invalid = mmstore(fleet.store_url, "device", "push", "car-1", str(work), "--training", str(work / "training.json"))
     assert invalid.returncode == 1 and "is not a training description: recipes" in invalid.stderr
     assert invalid.stderr.count("\n") == 1
+    (work / "cell.npz").write_bytes(b"data")
+    (work / "training.json").write_text(json.dumps({"trainer": "x:y", "recipes": {}, "changes": {"0": ["full", "cell.npz"]},
+                                                     "environment": "cell.npz", "held": {"cel.npz": "s3://b/cell.npz"}}))
+    unused = mmstore(fleet.store_url, "device", "push", "car-1", str(work), "--training", str(work / "training.json"))
+    assert unused.returncode == 1 and "holds 'cel.npz', which no retrained model used" in unused.stderr
 
 
 def test_a_device_pulls_retrains_with_the_battery_workload_and_pushes(tmp_path):

@@ -9,7 +9,6 @@ between that pull and `mmstore device push`.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -18,12 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from mmstore import ArchSpec, MMStoreError, ModelSet, Store
 from mmstore.backend import open_backend
 from mmstore.device import Device
+from mmstore.device_cli import model_files, read_model_files
 from mmstore.digest import digest_bytes
 from workloads.drift import model_errors, select_updates
 from workloads.fleet import Fleet
@@ -109,18 +108,16 @@ def _option(push, name: str) -> int:
 def retrain_directory(directory: str, first_cell: int, day: int, seed: int, arch: str, fractions: tuple[float, float]) -> DayResult:
     """Retrain the drifted models of a pulled device directory in place (files of unchanged models stay as they were)."""
     cls = ARCHITECTURES[arch]
-    paths = sorted(glob.glob(os.path.join(glob.escape(directory), "model-*.safetensors")))
+    paths = model_files(directory)
     if not paths:
         raise MMStoreError(f"{directory} holds no model files; run `mmstore device pull DEVICE {directory}` first")
-    names = list(cls().state_dict())
-    try:
-        states = [load_file(path) for path in paths]
-        models = ModelSet.from_state_dicts([{name: state[name] for name in names} for state in states], ArchSpec.of(cls))
-    except (OSError, KeyError, SafetensorError) as exc:
-        raise MMStoreError(f"the models in {directory} are not {arch} models ({exc}); pull them again") from None
+    models = read_model_files(paths, list(cls().state_dict()), ArchSpec.of(cls))
     result = retrain_day(models, Fleet(seed, 0, cls), first_cell, day, arch, *fractions)
-    for cell in (*result.full, *result.partial):
-        save_file(result.models.state_dict(cell), paths[cell])
+    try:
+        for cell in (*result.full, *result.partial):
+            save_file(result.models.state_dict(cell), paths[cell])
+    except OSError as exc:
+        raise MMStoreError(f"cannot write the retrained models into {directory} ({exc.strerror}); choose a writable directory") from None
     return result
 
 
