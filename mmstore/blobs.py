@@ -96,6 +96,9 @@ class BlobStore:
         self.backend = backend
         self.max_bytes = max_bytes
         self._local = threading.local()
+        # Packs being filled, by id, for every thread: a set committed later in the same batch reads
+        # the blobs of one encoded before it (a snapshot's digest table) before the pack is written.
+        self._open_packs: dict[str, Pack] = {}
 
     @property
     def _journal(self) -> list[tuple[str, memoryview]] | None:
@@ -152,11 +155,13 @@ class BlobStore:
     @contextmanager
     def packing(self) -> Iterator["Pack"]:
         """Every blob put inside the block goes into one new pack, which the caller writes with `write_pack`."""
-        self._local.pack = Pack()
+        pack = self._local.pack = Pack()
+        self._open_packs[pack.id] = pack
         try:
-            yield self._local.pack
+            yield pack
         finally:
             self._local.pack = None
+            self._open_packs.pop(pack.id, None)
 
     def write_pack(self, pack: "Pack") -> None:
         """Write a pack's object (one request however many blobs it holds), recording it for `ensure`."""
@@ -196,6 +201,9 @@ class BlobStore:
 
     def _get_packed(self, ref: BlobRef) -> np.ndarray:
         """A packed blob: one ranged read of its pack, after checking the pack holds the range; verified whole."""
+        unwritten = self._unwritten(ref)
+        if unwritten is not None:
+            return self._verified(np.frombuffer(unwritten, dtype=np.uint8).copy(), ref)
         key = blob_key(ref.object_id)
         try:
             stored = self.backend.size(key)
@@ -208,10 +216,17 @@ class BlobStore:
         data = self.backend.get(key, at_most=ref.size, offset=ref.offset) if ref.size else b""
         if len(data) != ref.size:
             raise IntegrityError(f"blob {ref.id} is truncated in pack {ref.object_id[:12]}; restore the store from a backup")
-        out = np.frombuffer(bytearray(data), dtype=np.uint8)
+        return self._verified(np.frombuffer(bytearray(data), dtype=np.uint8), ref)
+
+    def _verified(self, out: np.ndarray, ref: BlobRef) -> np.ndarray:
         digests = chunk_digests(memoryview(out))
         self._check(digests, list(range(len(digests))), ref)
         return out
+
+    def _unwritten(self, ref: BlobRef) -> memoryview | None:
+        """The bytes of a blob in a pack still being filled (by any thread), if it is one."""
+        pack = self._open_packs.get(ref.pack or "")
+        return pack.view(ref) if pack is not None else None
 
     def get_ranges(self, ref: BlobRef, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """Only the byte ranges asked for, reading and verifying just the chunks that hold them."""
@@ -236,6 +251,9 @@ class BlobStore:
             raise FormatError(f"bytes {start}..{start + length} lie outside blob {ref.id[:12]} of {ref.size} bytes; "
                               "the store was forged or damaged")
         self._check_limit(length, ref)
+        unwritten = self._unwritten(ref)
+        if unwritten is not None:
+            return np.frombuffer(unwritten[start : start + length], dtype=np.uint8).copy()
         try:
             data = self.backend.get(blob_key(ref.object_id), at_most=length, offset=ref.offset + start) if length else b""
         except NotFoundError:
@@ -313,6 +331,7 @@ class Pack:
         self.id = secrets.token_hex(32)
         self.refs: dict[str, BlobRef] = {}
         self._parts: list[memoryview] = []
+        self._views: dict[str, memoryview] = {}
         self._size = 0
 
     def add(self, ref: BlobRef, view: memoryview) -> BlobRef:
@@ -320,8 +339,14 @@ class Pack:
         if ref.id not in self.refs:
             self.refs[ref.id] = ref.model_copy(update={"pack": self.id, "offset": self._size})
             self._parts.append(view)
+            self._views[ref.id] = view
             self._size += len(view)
         return self.refs[ref.id]
+
+    def view(self, ref: BlobRef) -> memoryview | None:
+        """The bytes this pack holds for `ref` (None if it holds no such blob at that place)."""
+        mine = self.refs.get(ref.id)
+        return self._views[ref.id] if mine is not None and (mine.offset, mine.size) == (ref.offset, ref.size) else None
 
     def data(self) -> bytes:
         """The pack's bytes: its blobs one after another."""
