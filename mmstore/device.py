@@ -16,6 +16,7 @@ from .backend import Backend
 from .bundle import BUNDLE_SUFFIX, BundleHeader, encode_bundle
 from .bundle_provenance import DatasetClaim, DeviceRecord, encode_provenance_bundle
 from .costmodel import Choice, Option, choose, delta_seconds, replay_seconds, snapshot_seconds
+from .device_register import enrol
 from .digest import digest_bytes
 from .errors import MMStoreError
 from .modelset import ModelSet
@@ -33,7 +34,10 @@ def pending_key(device: str, digest: str) -> str:
 
 
 def deploy(store: Store, fleet_set: str, devices: Sequence[str], models_per_device: int, device_time: str | None = None) -> dict[str, str]:
-    """Start one lineage per device, each a slice of `fleet_set` (device i holds its models i*m ... i*m+m-1)."""
+    """Start one lineage per device, each a slice of `fleet_set` (device i holds its models i*m ... i*m+m-1).
+
+    Each lineage is marked as a device's in the device register: only such lineages take bundles.
+    """
     fleet_id = store.resolve(fleet_set)
     fleet = store.recover(fleet_id)
     if len(devices) * models_per_device > len(fleet):
@@ -44,6 +48,7 @@ def deploy(store: Store, fleet_set: str, devices: Sequence[str], models_per_devi
     for i, name in enumerate(devices):
         start = i * models_per_device
         part = fleet.select(range(start, start + models_per_device))
+        enrol(store.backend, name, fleet_id, start)
         heads[name] = store.save(part, "update", base=fleet_id, lineage=name, slice_start=start,
                                  meta={"device_time": when, "fleet": fleet_id, "first_model": start})
     return heads

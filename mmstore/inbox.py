@@ -7,6 +7,7 @@ Bundles wait as `pending/<device>/<digest>.mmb`; a rejected one moves to `quaran
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -16,9 +17,10 @@ from typing import Literal
 from .backend import Backend, Entry
 from .bundle import BUNDLE_SUFFIX
 from .concurrency import io_pool
+from .errors import StoreURLError
 from .manifest import LINEAGE_PATTERN
 
-__all__ = ["PENDING", "Outcome", "ReadAhead", "Swept", "pending", "quarantine", "quarantine_key", "sweep_inbox"]
+__all__ = ["PENDING", "Outcome", "ReadAhead", "Swept", "check_apart", "pending", "quarantine", "quarantine_key", "sweep_inbox"]
 
 _QUARANTINED = re.compile(r"quarantine/[^/]+/[0-9a-f]{64}\.(mmb|json)")
 PENDING = re.compile(r"pending/(?P<device>[^/]+)/(?P<digest>[0-9a-f]{64})" + re.escape(BUNDLE_SUFFIX))
@@ -40,6 +42,20 @@ class Outcome:
     set_id: str | None = None
     reason: str = ""
     nbytes: int = 0
+
+
+def check_apart(store: Backend, inbox: Backend) -> None:
+    """Refuse an inbox that is the store, lies inside it or holds it: ingest's moves and sweeps never reach the store."""
+    ours, theirs = _location(store), _location(inbox)
+    if ours == theirs or ours.startswith(theirs + "/") or theirs.startswith(ours + "/"):
+        raise StoreURLError(f"the inbox {inbox.url} and the store {store.url} overlap; give the inbox a location of its own "
+                            "(by default the store's URL with -inbox appended)")
+
+
+def _location(backend: Backend) -> str:
+    # Local paths are compared as the directories they lead to, whatever links or dots name them.
+    url = backend.url
+    return "file://" + os.path.realpath(url) if "://" not in url else url.rstrip("/")
 
 
 def quarantine_key(device: str, digest: str) -> str:

@@ -19,9 +19,12 @@ import numpy as np
 from .backend import Backend, Entry
 from .bundle import BUNDLE_SUFFIX, Bundle, apply_bundle, bundle_time, change_mask, parse_bundle
 from .bundle_provenance import replay_bundle
+from .catalog_documents import to_time
 from .commit import LineageBatch, NewVersion
+from .concurrency import each
+from .device_register import Registered, newest_of, raise_newest, read_entries
 from .errors import ConflictError, MMStoreError, NotFoundError
-from .inbox import PENDING, Outcome, ReadAhead, Swept, pending, quarantine, quarantine_key, sweep_inbox
+from .inbox import PENDING, Outcome, ReadAhead, Swept, check_apart, pending, quarantine, quarantine_key, sweep_inbox
 from .manifest import Manifest
 from .modelset import ModelSet
 from .store import Store
@@ -45,6 +48,8 @@ class _Lineage:
     name: str
     head: Manifest
     rows: np.ndarray
+    registered: Registered
+    newest: str | None = None
 
 
 def ingest(store: Store, inbox: Backend, devices: dict[str, list[Entry]], group: int = GROUP,
@@ -55,11 +60,13 @@ def ingest(store: Store, inbox: Backend, devices: dict[str, list[Entry]], group:
     device's ref; a stale one costs a lost compare-and-swap and a retry, never a wrong commit.
     """
     heads = {} if heads is None else heads
+    check_apart(store.backend, inbox)
     fetched = ReadAhead(inbox, [entry for entries in devices.values() for entry in entries])
+    registered = read_entries(store.backend, devices)
     outcomes: list[Outcome] = []
     staged: list[_Staged] = []
     for device, entries in devices.items():
-        stage = stage_device(store, fetched, device, entries, heads.pop(device, None))
+        stage = stage_device(store, fetched, device, entries, registered[device], heads.pop(device, None))
         outcomes += stage.outcomes
         staged.append(stage)
         if sum(len(s.accepted) for s in staged) >= group:
@@ -70,8 +77,7 @@ def ingest(store: Store, inbox: Backend, devices: dict[str, list[Entry]], group:
 
 def ingest_device(store: Store, inbox: Backend, device: str, entries: Iterable[Entry]) -> list[Outcome]:
     """Apply one device's bundles to its lineage in the order their bases chain."""
-    stage = stage_device(store, inbox, device, entries)
-    return stage.outcomes + _commit_group(store, inbox, [stage], {})
+    return ingest(store, inbox, {device: list(entries)})
 
 
 @dataclass
@@ -84,16 +90,18 @@ class _Staged:
     outcomes: list[Outcome]
 
 
-def stage_device(store: Store, inbox: Backend, device: str, entries: Iterable[Entry], known: str | None = None) -> _Staged:
+def stage_device(store: Store, inbox: Backend, device: str, entries: Iterable[Entry], registered: Registered,
+                 known: str | None = None) -> _Staged:
     """Read, check and apply one device's bundles in memory (nothing is committed); a lineage moved meanwhile is read again once.
 
-    `known` is the head the caller saw last, used instead of reading the lineage's ref if it is still a set.
+    Only a lineage the device register marks as this device's takes bundles. `known` is the head the
+    caller saw last, used instead of reading the lineage's ref if it is still a set.
     """
     entries = list(entries)
     inbox = inbox if isinstance(inbox, ReadAhead) else ReadAhead(inbox, entries)
     for attempt in range(2):
         try:
-            lineage = _open_lineage(store, device, known if attempt == 0 else None)
+            lineage = _open_lineage(store, device, registered, known if attempt == 0 else None)
         except MMStoreError as exc:
             reason = f"device {device!r} has no usable lineage in the store ({exc})"
             return _Staged(None, "", [], [quarantine(inbox, device, entry.key, reason) for entry in entries])
@@ -133,6 +141,7 @@ def _stage(store: Store, inbox: Backend, lineage: _Lineage, entries: list[Entry]
         version = NewVersion(rows.models, meta, rows.approach, rows.options)
         stage.accepted.append((bundle, version))
         lineage.rows, content = version.models.data, bundle.header.content
+        lineage.newest = to_time(bundle.header.device_time)
     return stage
 
 
@@ -143,6 +152,10 @@ def _apply(store: Store, lineage: _Lineage, bundle: Bundle, waiting: list[Bundle
     staged = {b.digest for b, _ in stage.accepted}
     if header.content == content or bundle.digest in staged or _already_ingested(store, lineage, bundle.digest):
         return None, {}, "duplicate"
+    when = to_time(header.device_time)
+    if lineage.newest is not None and when <= lineage.newest:
+        raise MMStoreError(f"it is no newer ({when}) than the newest bundle this device has had ingested ({lineage.newest}): "
+                           "a bundle delivered again, or a device clock that went back")
     meta = {"device_time": bundle_time(header), "bundle": bundle.digest, "bundle_kind": header.kind, "bundle_bytes": bundle.nbytes}
     if header.base_content == content:
         return _decode(store, lineage, bundle, lineage.rows), meta, "accepted"
@@ -186,18 +199,34 @@ def _commit_group(store: Store, inbox: Backend, staged: list[_Staged], heads: di
                 outcomes.append(quarantine(inbox, stage.lineage.name, key, str(result)))
             else:
                 outcomes.append(Outcome(key, stage.lineage.name, "committed", result[i], nbytes=bundle.nbytes))
+    _raise_newest(store, [s for s in committing if isinstance(results[s.lineage.name], list)])
     done = [o.key for s in staged for o in s.outcomes if o.status == "duplicate"] + [o.key for o in outcomes if o.status == "committed"]
     inbox.delete_many(done)
     return outcomes
+
+
+def _raise_newest(store: Store, committed: list[_Staged]) -> None:
+    """Record each device's newest committed bundle in its register entry, which outlives any prune."""
+    def one(stage: _Staged) -> None:
+        bundle = stage.accepted[-1][0]
+        try:
+            raise_newest(store.backend, stage.lineage.name, stage.lineage.registered, bundle.header.device_time, bundle.digest)
+        except MMStoreError:
+            pass  # the head just committed carries the same time and digest until the next commit records it
+    each(one, committed)
 
 
 def _batch(stage: _Staged) -> LineageBatch:
     return LineageBatch(stage.lineage.name, stage.head, [version for _, version in stage.accepted])
 
 
-def _open_lineage(store: Store, device: str, known: str | None = None) -> _Lineage:
-    lineage = _find_lineage(store, device, known)
-    return _Lineage(device, lineage, store.recover_rows(lineage.id))
+def _open_lineage(store: Store, device: str, registered: Registered, known: str | None = None) -> _Lineage:
+    if registered.problem:
+        raise MMStoreError(registered.problem)
+    if registered.entry is None:
+        raise MMStoreError(f"lineage {device!r} is not a device's; only lineages deployed with `mmstore device deploy` take bundles")
+    head = _find_lineage(store, device, known)
+    return _Lineage(device, head, store.recover_rows(head.id), registered, newest_of(registered.entry, head))
 
 
 def _find_lineage(store: Store, device: str, known: str | None) -> Manifest:

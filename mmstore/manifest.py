@@ -24,7 +24,7 @@ from .layout import Layout
 from .plugins import APPROACHES
 
 __all__ = [
-    "FORMAT_VERSION", "MAX_DOCUMENT_BYTES", "LINEAGE_PATTERN", "LineageName", "ArchDocument", "ApproachDocument",
+    "FORMAT_VERSION", "MAX_DOCUMENT_BYTES", "LINEAGE_PATTERN", "parse_versioned", "LineageName", "ArchDocument", "ApproachDocument",
     "Manifest", "canonical_json", "parse_json", "parse_document",
 ]
 
@@ -63,6 +63,15 @@ def parse_document(model: Any, obj: Any, what: str) -> Any:
         first = exc.errors()[0]
         where = ".".join(map(str, first["loc"])) or "document"
         raise FormatError(f"{what} is invalid at {where[:120]}: {first['msg'][:160]}; the store was forged or damaged") from None
+
+
+def parse_versioned(data: bytes, model: Any, version: int, what: str, format_name: str) -> Any:
+    """A stored document of a format now at `version`: "upgrade" if a newer mmstore wrote it, else parsed strictly."""
+    obj = parse_json(data, what)
+    found = obj.get("schema_version") if isinstance(obj, dict) else None
+    if isinstance(found, int) and not isinstance(found, bool) and found > version:
+        raise NewerFormatError(f"{what} was written by a newer mmstore ({format_name} format {found}); upgrade mmstore")
+    return parse_document(model, obj, what)
 
 
 class ArchDocument(BaseModel):
