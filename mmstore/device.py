@@ -22,7 +22,7 @@ from .errors import MMStoreError
 from .modelset import ModelSet
 from .store import Store
 
-__all__ = ["deploy", "Device", "Push", "Training", "pending_key", "DELTA_CODEC", "FULL_CODEC"]
+__all__ = ["deploy", "enrol_deployed", "Device", "Push", "Training", "pending_key", "DELTA_CODEC", "FULL_CODEC"]
 
 DELTA_CODEC = "xor-group-zstd"
 FULL_CODEC = "group-zstd"
@@ -52,6 +52,25 @@ def deploy(store: Store, fleet_set: str, devices: Sequence[str], models_per_devi
         heads[name] = store.save(part, "update", base=fleet_id, lineage=name, slice_start=start,
                                  meta={"device_time": when, "fleet": fleet_id, "first_model": start})
     return heads
+
+
+def enrol_deployed(store: Store, devices: Sequence[str]) -> dict[str, str]:
+    """Mark lineages an older mmstore deployed (they start as a slice of a fleet set) as devices'; their fleet sets.
+
+    Deployment marks its lineages itself; this brings a store deployed before the register existed up to date.
+    """
+    fleets = {}
+    for name in devices:
+        root = store.manifest(store.resolve(name))
+        while root.base and root.lineage == name and store.manifest(root.base).lineage == name:
+            root = store.manifest(root.base)
+        fleet, first = root.meta.get("fleet"), root.meta.get("first_model")
+        if getattr(root.data, "kind", None) != "slice" or root.base != fleet or not isinstance(first, int):
+            raise MMStoreError(f"lineage {name!r} does not start as a slice of a deployed fleet set; "
+                               "deploy devices with `mmstore device deploy`")
+        enrol(store.backend, name, fleet, first)
+        fleets[name] = fleet
+    return fleets
 
 
 @dataclass(frozen=True)

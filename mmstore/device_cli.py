@@ -24,7 +24,7 @@ from .arch import ArchSpec
 from .auto import choose_approach
 from .backend import open_backend
 from .costmodel import max_delta_depth
-from .device import Device, Training, deploy
+from .device import Device, Training, deploy, enrol_deployed
 from .digest import digest_bytes
 from .errors import MMStoreError, OutputError
 from .export import export_safetensors
@@ -32,7 +32,7 @@ from .ingest import DATASET_ALLOWANCE
 from .modelset import ModelSet
 from .store import Store
 
-__all__ = ["register", "cmd_device_deploy", "cmd_device_pull", "cmd_device_push", "cmd_explain", "model_files",
+__all__ = ["register", "cmd_device_deploy", "cmd_device_enrol", "cmd_device_pull", "cmd_device_push", "cmd_explain", "model_files",
            "read_model_files", "TrainingFile"]
 
 STATE, BASE_ROWS = ".mmstore-device.json", ".mmstore-base.bin"
@@ -43,6 +43,12 @@ def cmd_device_deploy(store: Store, args: argparse.Namespace) -> None:
     names = [f"{args.prefix}{i:04d}" for i in range(args.count)]
     heads = deploy(store, args.set, names, args.models)
     _print(args, {"devices": heads}, f"deployed {len(heads)} device lineages ({names[0]} ... {names[-1]})")
+
+
+def cmd_device_enrol(store: Store, args: argparse.Namespace) -> None:
+    """Mark lineages deployed by an older mmstore as device lineages, so that ingest takes their bundles."""
+    fleets = enrol_deployed(store, args.devices)
+    _print(args, {"devices": fleets}, f"enrolled {len(fleets)} device lineages")
 
 
 def cmd_device_pull(store: Store, args: argparse.Namespace) -> None:
@@ -206,6 +212,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     dep.add_argument("--models", type=int, required=True, help="models per device (device i holds models i*M ... i*M+M-1)")
     dep.add_argument("--prefix", default="device-", help="device lineage names: PREFIX0000, PREFIX0001, ...")
     dep.set_defaults(func=cmd_device_deploy)
+    enrol = commands.add_parser("enrol", help=cmd_device_enrol.__doc__, description=cmd_device_enrol.__doc__, parents=[common])
+    enrol.add_argument("devices", nargs="+", metavar="DEVICE", help="the device lineages to mark")
+    enrol.set_defaults(func=cmd_device_enrol)
     pull = commands.add_parser("pull", help=cmd_device_pull.__doc__, description=cmd_device_pull.__doc__, parents=[common])
     push = commands.add_parser("push", help=cmd_device_push.__doc__, description=cmd_device_push.__doc__, parents=[common])
     for p in (pull, push):

@@ -182,3 +182,21 @@ def test_a_device_deployed_again_keeps_its_newest_bundle(tmp_path):
     newest = read_entries(store.backend, ["car-0"])["car-0"].entry.newest
     deploy(store, fleet.fleet_id, ["car-0"], 4, "2026-05-01T00:00:00+00:00")
     assert newest is not None and read_entries(store.backend, ["car-0"])["car-0"].entry.newest == newest
+
+
+def test_lineages_deployed_before_the_register_are_enrolled_from_the_command_line(tmp_path):
+    from tests.test_device_cli import mmstore
+
+    fleet = Fleet(str(tmp_path / "store"), str(tmp_path / "inbox"))
+    store = fleet.open()
+    for name in ("car-0", "car-1"):  # as a store deployed by an older mmstore: no register entries
+        store.backend.delete(register_key(name))
+    store.save(fleet.fleet.select(range(4)), "update", lineage="prod")
+    held = push_backlog(fleet, "car-0", 2)
+    done = mmstore(fleet.store_url, "device", "enrol", "car-0", "car-1")
+    assert done.returncode == 0 and done.stdout.startswith("enrolled 2 device lineages")
+    refused = mmstore(fleet.store_url, "device", "enrol", "prod")
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "does not start as a slice" in refused.stderr
+    assert [o.status for o in fleet.ingest()] == ["committed"] * 2
+    assert_lineage_holds(fleet, "car-0", held)
+    assert read_entries(fleet.open().backend, ["prod"])["prod"].entry is None
